@@ -1,0 +1,126 @@
+"""Weighted choice of a subset: random per request, or by an mmh3 hash of a key.
+
+Guarantees:
+- weights are relative (any sum > 0); a subset with weight 0 is never picked, for any draw;
+- random: `rnd` in [0, 1) comes from the caller; subset i is picked with w_i / sum(w);
+- hash: bucket = mmh3_32(f"{salt}:{key}") mod 10,000 (salt = the route name). The first
+  listed destination takes buckets from the bottom, the others are stacked from the top in
+  listed order (the second listed owns the topmost range). Edges are computed in exact
+  rational arithmetic, rounded half up, so:
+  * two destinations (stable, canary): raising one's weight relative to the other only
+    moves keys to it, never back (monotonic ramp), in either listing order;
+  * n destinations: a key of the i-th listed (i >= 2) stays put while the combined share of
+    destinations 2..i-1 is unchanged and that of 2..i does not shrink; a key of the first
+    stays put while the first's share does not shrink;
+  * bucket -> subset is a pure function of (salt, key, weights): pinned by golden vectors
+    in the tests, so a release never reshuffles users.
+- mirror: the draw is frac(rnd * 1000), which is uniform and independent enough of the
+  split's use of rnd (it reads the lower digits), so one random number serves both.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import floor, isfinite
+
+import mmh3
+
+BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Weighted:
+    """Precomputed weights of one route: cumulative sums and the hash bucket table."""
+
+    subsets: tuple[str, ...]
+    weights: tuple[float, ...]
+    cumulative: tuple[float, ...]
+    total: float
+    last: int  # index of the last subset with weight > 0; -1 when none
+    edges: tuple[tuple[int, int], ...]  # per subset: [lo, hi) bucket range
+    lookup: tuple[str | None, ...] = field(repr=False)  # bucket -> subset; () when total == 0
+
+
+def check_weight(w: float) -> float:
+    """A weight must be a finite number >= 0; bad input is an error, not a silent 0."""
+    if not isinstance(w, int | float) or isinstance(w, bool) or not isfinite(w) or w < 0:
+        raise ValueError(f"weight must be a finite number >= 0, got {w!r}")
+    return float(w)
+
+
+def bucket_ranges(
+    weights: tuple[float, ...], buckets: int = BUCKETS
+) -> tuple[tuple[int, int], ...]:
+    """[lo, hi) bucket range per destination (layout in the module docstring)."""
+    total = sum(Fraction(w) for w in weights)
+    if total == 0:
+        return tuple((0, 0) for _ in weights)
+    out: list[tuple[int, int]] = []
+    upper, acc = buckets, Fraction(0)
+    for w in weights[1:]:
+        acc += Fraction(w)
+        lower = buckets - floor(buckets * acc / total + Fraction(1, 2))
+        out.append((lower, upper))
+        upper = lower
+    return ((0, upper), *out)
+
+
+def build_weighted(subsets: tuple[str, ...], weights: tuple[float, ...]) -> Weighted:
+    """Precompute everything `pick_random` and `pick_hash` need."""
+    ws = tuple(check_weight(w) for w in weights)
+    cum: list[float] = []
+    acc = 0.0
+    for w in ws:
+        acc += w
+        cum.append(acc)
+    last = max((i for i, w in enumerate(ws) if w > 0), default=-1)
+    edges = bucket_ranges(ws)
+    lookup: list[str | None] = [None] * BUCKETS if acc > 0 else []
+    for name, (lo, hi) in zip(subsets, edges, strict=True):
+        lookup[lo:hi] = [name] * (hi - lo)
+    return Weighted(subsets, ws, tuple(cum), acc, last, edges, tuple(lookup))
+
+
+def pick_random(wt: Weighted, rnd: float) -> str | None:
+    """Subset for a uniform draw `rnd` in [0, 1); None when every weight is 0."""
+    if wt.last < 0:
+        return None
+    # bisect_right skips zero-weight subsets: their cumulative sum equals the previous one.
+    i = bisect_right(wt.cumulative, max(rnd, 0.0) * wt.total)
+    return wt.subsets[min(i, wt.last)]
+
+
+def bucket_of(salt: str, key: str) -> int:
+    """The key's bucket in [0, 10,000): stable across releases (golden vectors pin it)."""
+    return mmh3.hash(f"{salt}:{key}", 0, signed=False) % BUCKETS
+
+
+def pick_hash(wt: Weighted, bucket: int) -> str | None:
+    return wt.lookup[bucket] if wt.lookup else None
+
+
+def probabilities(wt: Weighted) -> dict[str, float]:
+    """Share of traffic per subset, 0..1 (all 0 when no weight is set)."""
+    if wt.total <= 0:
+        return {s: 0.0 for s in wt.subsets}
+    return {s: w / wt.total for s, w in zip(wt.subsets, wt.weights, strict=True)}
+
+
+def idle_subset(wt: Weighted) -> str | None:
+    """The first destination with weight 0 (blue-green preview target), or None."""
+    for s, w in zip(wt.subsets, wt.weights, strict=True):
+        if w == 0:
+            return s
+    return None
+
+
+def sticky_set_cookie(cookie: str, subset: str, max_age: int) -> str:
+    """Full Set-Cookie value that pins a client to `subset`."""
+    return f"{cookie}={subset}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
+
+
+def mirror_hit(rnd: float, percent: float) -> bool:
+    """True for `percent` % of draws; reads frac(rnd * 1000), independent of the split."""
+    return (rnd * 1000.0) % 1.0 * 100.0 < percent

@@ -1,0 +1,260 @@
+"""The immutable routing table: `build_table(config, overrides)` then `decide(...)` per request.
+
+Rules kept here (SPEC section 2):
+- routes are tried in order, the first whose match list holds wins; no route -> route None;
+- inside the route, the subset is picked by the first of these that applies:
+  1. canary match (Overrides.canary_match): a request matching any rule goes to that subset;
+  2. preview: a request carrying the route's preview header reaches the idle subset
+     (the first with weight 0), if there is one;
+  3. sticky cookie naming a subset whose weight is > 0 (a rollback to 0 always wins);
+  4. split: hash of the key (`split.by`), or random when the key is missing or by=random;
+- every weight 0 -> subset None (the data plane answers 503);
+- sticky routes set the cookie whenever the picked subset differs from the cookie's value;
+- mirror: `route.mirror.destination` for `percent` % of requests, not to itself.
+Everything per route is precomputed at build time; `decide` only reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config.schema import (
+    Config,
+    Fault,
+    HeaderPolicy,
+    MatchRule,
+    Retries,
+    Route,
+)
+from proxy.routing.match import CompiledRule, Request, compile_rules
+from proxy.routing.split import (
+    Weighted,
+    bucket_of,
+    build_weighted,
+    idle_subset,
+    mirror_hit,
+    pick_hash,
+    pick_random,
+    sticky_set_cookie,
+)
+
+# Decision.reason values: how the subset was picked.
+WEIGHTS, HASH, STICKY, PREVIEW, CANARY_MATCH, NO_WEIGHT, NO_ROUTE = (
+    "weights",
+    "hash",
+    "sticky",
+    "preview",
+    "canary_match",
+    "no_weight",
+    "no_route",
+)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Routing state that is not in the file (admin API, canary controller)."""
+
+    # route -> subset -> weight; a complete map for that route: missing subsets get 0.
+    weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # route -> (subset, rules): requests matching any rule go to subset before splitting.
+    canary_match: Mapping[str, tuple[str, tuple[MatchRule, ...]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class CompiledRoute:
+    """One route with everything `decide` needs precomputed. Hashed and compared by identity."""
+
+    name: str
+    service: str
+    timeout: float
+    retries: Retries
+    fault: Fault | None
+    max_body: int
+    headers: HeaderPolicy
+    dest_headers: dict[str, HeaderPolicy]
+    route: Route
+    rules: tuple[CompiledRule, ...]
+    weighted: Weighted
+    live: frozenset[str]  # subsets with weight > 0
+    split_by: str  # random | header | cookie | source_ip
+    split_key: str  # header name (lower-case) or cookie name
+    sticky_cookie: str | None
+    set_cookies: dict[str, str]  # subset -> Set-Cookie value
+    idle: str | None  # preview target
+    preview: tuple[str, str] | None  # (lower-case header, value)
+    mirror_to: str | None
+    mirror_percent: float
+    canary_subset: str | None
+    canary_rules: tuple[CompiledRule, ...]
+
+    def __repr__(self) -> str:
+        return f"CompiledRoute({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: CompiledRoute | None  # None -> 404 no_route
+    subset: str | None  # None with a route -> 503 (no weight)
+    set_cookie: str | None  # a full Set-Cookie value for sticky, or None
+    mirror: str | None  # subset to mirror this request to, or None
+    reason: str  # how the subset was picked (the constants above)
+
+
+NOT_FOUND = Decision(None, None, None, None, NO_ROUTE)
+
+
+def _effective_weights(route: Route, overrides: Overrides) -> tuple[float, ...]:
+    ov = overrides.weights.get(route.name)
+    if ov is None:
+        return tuple(d.weight for d in route.destinations)
+    return tuple(ov.get(d.subset, 0.0) for d in route.destinations)
+
+
+def _split_key(route: Route) -> str:
+    return route.split.name.lower() if route.split.by == "header" else route.split.name
+
+
+def compile_route(route: Route, config: Config, overrides: Overrides) -> CompiledRoute:
+    """Compile one route under the given overrides (regexes, weights, cookies)."""
+    subsets = tuple(d.subset for d in route.destinations)
+    wt = build_weighted(subsets, _effective_weights(route, overrides))
+    sticky = route.sticky
+    canary = overrides.canary_match.get(route.name)
+    return CompiledRoute(
+        name=route.name,
+        service=route.service or route.name,
+        timeout=route.timeout,
+        retries=route.retries,
+        fault=route.fault,
+        max_body=route.max_body,
+        headers=route.headers,
+        dest_headers={d.subset: d.headers for d in route.destinations},
+        route=route,
+        rules=compile_rules(route.match, config.identity),
+        weighted=wt,
+        live=frozenset(s for s, w in zip(subsets, wt.weights, strict=True) if w > 0),
+        split_by=route.split.by,
+        split_key=_split_key(route),
+        sticky_cookie=sticky.cookie if sticky else None,
+        set_cookies={s: sticky_set_cookie(sticky.cookie, s, sticky.max_age) for s in subsets}
+        if sticky
+        else {},
+        idle=idle_subset(wt),
+        preview=(route.preview.header.lower(), route.preview.value) if route.preview else None,
+        mirror_to=route.mirror.destination if route.mirror else None,
+        mirror_percent=route.mirror.percent if route.mirror else 0.0,
+        canary_subset=canary[0] if canary else None,
+        canary_rules=compile_rules(canary[1], config.identity) if canary else (),
+    )
+
+
+def split_key_value(cr: CompiledRoute, req: Request) -> str | None:
+    """The hash key of this request, or None (random split or key missing)."""
+    by = cr.split_by
+    if by == "header":
+        return req.headers.get(cr.split_key)
+    if by == "cookie":
+        return req.cookies().get(cr.split_key)
+    if by == "source_ip":
+        return req.client_ip or None
+    return None
+
+
+def _split(cr: CompiledRoute, req: Request, rnd: float) -> tuple[str | None, str]:
+    key = split_key_value(cr, req)
+    if key is not None:
+        subset = pick_hash(cr.weighted, bucket_of(cr.name, key))
+    else:
+        subset = pick_random(cr.weighted, rnd)
+    if subset is None:
+        return None, NO_WEIGHT
+    return subset, HASH if key is not None else WEIGHTS
+
+
+def _mirror(cr: CompiledRoute, subset: str | None, rnd: float) -> str | None:
+    to = cr.mirror_to
+    if to is None or subset is None or subset == to:
+        return None
+    return to if mirror_hit(rnd, cr.mirror_percent) else None
+
+
+def _any(rules: tuple[CompiledRule, ...], req: Request) -> bool:
+    for rule in rules:
+        if rule.matches(req):
+            return True
+    return False
+
+
+def choose(cr: CompiledRoute, req: Request, rnd: float) -> Decision:
+    """Pick the subset inside a matched route (order in the module docstring)."""
+    if cr.canary_subset is not None and _any(cr.canary_rules, req):
+        sub = cr.canary_subset
+        return Decision(cr, sub, None, _mirror(cr, sub, rnd), CANARY_MATCH)
+    if cr.preview is not None and cr.idle is not None:
+        if req.headers.get(cr.preview[0]) == cr.preview[1]:
+            return Decision(cr, cr.idle, None, None, PREVIEW)
+    pinned = None
+    if cr.sticky_cookie is not None:
+        pinned = req.cookies().get(cr.sticky_cookie)
+        if pinned in cr.live:
+            return Decision(cr, pinned, None, _mirror(cr, pinned, rnd), STICKY)
+    subset, reason = _split(cr, req, rnd)
+    cookie = cr.set_cookies.get(subset) if subset is not None and subset != pinned else None
+    return Decision(cr, subset, cookie, _mirror(cr, subset, rnd), reason)
+
+
+class RoutingTable:
+    """Immutable after build: the data plane swaps whole tables, never edits one."""
+
+    __slots__ = ("config", "overrides", "routes", "_by_name")
+
+    def __init__(self, config: Config, overrides: Overrides, routes: tuple[CompiledRoute, ...]):
+        self.config = config
+        self.overrides = overrides
+        self.routes = routes
+        self._by_name = {r.name: r for r in routes}
+
+    def decide(
+        self, method: str, target: str, headers: Mapping[str, str], client_ip: str, rnd: float
+    ) -> Decision:
+        """Route and subset for one request; headers have lower-case names."""
+        req = Request(method, target, headers, client_ip)
+        for cr in self.routes:
+            if not cr.rules or _any(cr.rules, req):
+                return choose(cr, req, rnd)
+        return NOT_FOUND
+
+    def route(self, name: str) -> CompiledRoute | None:
+        return self._by_name.get(name)
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        """Effective weights per route (file weights with overrides applied)."""
+        return {
+            r.name: dict(zip(r.weighted.subsets, r.weighted.weights, strict=True))
+            for r in self.routes
+        }
+
+    def explain(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str] | None = None,
+        client_ip: str = "",
+    ) -> dict[str, Any]:
+        """JSON-able account of how `decide` treats this request (no random draw)."""
+        from proxy.routing.explain import explain_request
+
+        return explain_request(self, method, target, headers, cookies or {}, client_ip)
+
+
+def build_table(config: Config, overrides: Overrides | None = None) -> RoutingTable:
+    """Compile every route. Raises ValueError on a bad weight or regex; changes nothing.
+
+    Override entries naming routes or subsets no longer in the config are ignored, so a
+    state file that outlived a reload cannot stop the proxy from serving.
+    """
+    ov = overrides or Overrides()
+    return RoutingTable(config, ov, tuple(compile_route(r, config, ov) for r in config.routes))
