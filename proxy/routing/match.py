@@ -6,7 +6,7 @@ Rules kept here:
 - the path is the raw request target up to `?`; prefix is a plain string prefix (as Istio);
 - header names are lower-case; a missing header fails every kind but `absent`;
 - cookies and the query string are parsed only when a check reads them, once per request;
-- regex is a full match (RE2 syntax, compiled by `proxy.routing.regex` when present).
+- regex is a full match (RE2 syntax, compiled by `proxy.routing.regex`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,11 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from proxy.config.schema import Identity, MatchRule, StringMatch
+from proxy.routing.regex import compile_full
 
 StrPred = Callable[[str | None], bool]
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _compile_regex(pattern: str) -> Callable[[str], bool]:
-    # The config engineer's RE2 wrapper is the source of truth; `re` is only a stand-in
-    # for environments where that module is not present yet.
-    try:
-        from proxy.routing.regex import compile_full
-    except ImportError:  # pragma: no cover - depends on the tree state
-        import re
-
-        rx = re.compile(pattern)
-        return lambda s: rx.fullmatch(s) is not None
-    return compile_full(pattern)
 
 
 def parse_cookies(header: str | None) -> dict[str, str]:
@@ -127,7 +115,7 @@ def string_pred(sm: StringMatch) -> StrPred:
     if sm.kind == "prefix":
         return lambda s: s is not None and s.startswith(v)
     if sm.kind == "regex":
-        full = _compile_regex(v)
+        full = compile_full(v)
         return lambda s: s is not None and full(s)
     if sm.kind == "present":
         return lambda s: s is not None
@@ -137,6 +125,15 @@ def string_pred(sm: StringMatch) -> StrPred:
 
 
 Check = Callable[[Request], bool]
+
+
+def _label(what: str, sm: StringMatch) -> str:
+    """Human label of a check for explain: `headers[user-id] exact "t1"`."""
+    return (
+        f"{what} {sm.kind}"
+        if sm.kind in ("present", "absent")
+        else f'{what} {sm.kind} "{sm.value}"'
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,21 +206,23 @@ def compile_rule(rule: MatchRule, identity: Identity) -> CompiledRule:
     checks: list[tuple[str, Check]] = []
     if rule.method:
         methods = frozenset(m.upper() for m in rule.method)
-        checks.append(("method", lambda r: r.method in methods))
+        checks.append((f"method in {sorted(methods)}", lambda r: r.method in methods))
     if rule.path is not None:
-        checks.append((f"path {rule.path.kind}", _path_check(rule.path)))
+        checks.append((_label("path", rule.path), _path_check(rule.path)))
     for name, sm in rule.headers:
-        checks.append((f"headers[{name.lower()}] {sm.kind}", _header_check(name.lower(), sm)))
+        checks.append((_label(f"headers[{name.lower()}]", sm), _header_check(name.lower(), sm)))
     if rule.region:
-        checks.append(("region", _set_check(identity.region_header.lower(), rule.region)))
+        label = f"region ({identity.region_header.lower()}) in {sorted(rule.region)}"
+        checks.append((label, _set_check(identity.region_header.lower(), rule.region)))
     if rule.users:
-        checks.append(("users", _set_check(identity.user_header.lower(), rule.users)))
+        label = f"users ({identity.user_header.lower()}, {len(rule.users)} ids)"
+        checks.append((label, _set_check(identity.user_header.lower(), rule.users)))
     for name, sm in rule.cookies:
-        checks.append((f"cookies[{name}] {sm.kind}", _cookie_check(name, sm)))
+        checks.append((_label(f"cookies[{name}]", sm), _cookie_check(name, sm)))
     for name, sm in rule.query:
-        checks.append((f"query[{name}] {sm.kind}", _query_check(name, sm)))
+        checks.append((_label(f"query[{name}]", sm), _query_check(name, sm)))
     if rule.source_ip:
-        checks.append(("source_ip", _ip_check(rule.source_ip)))
+        checks.append((f"source_ip in {list(rule.source_ip)}", _ip_check(rule.source_ip)))
     return CompiledRule(rule, tuple(checks))
 
 
