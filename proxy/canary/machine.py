@@ -1,0 +1,523 @@
+"""The canary state machine: `step(state, event) -> (state, commands)`, no I/O.
+
+Rules it keeps:
+- The stored state is minimal (phase, step index, failed checks, clocks, flags); the routing a
+  state wants is *derived* by `desired_route(plan, state)`, so a reload or restart converges.
+- Inputs the runner gathers (analysis verdict, webhook and gate results) arrive inside `Tick`;
+  `needs(...)` tells the runner which ones the current phase uses.
+- A rollback (manual abort, a 2xx rollback webhook, `threshold` failed checks, or an exceeded
+  `progress_deadline`) always wins, even while a gate holds.
+- Every transition is one row of `TRANSITIONS`; `tests/test_canary_machine.py` tests each row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from proxy.config.schema import Canary, MatchRule, Step
+
+
+class Phase(StrEnum):
+    IDLE = "Idle"  # no rollout: stable takes all traffic, waiting for start or a new revision
+    INITIALIZING = "Initializing"  # rollout accepted, pre-rollout webhooks run, canary at 0
+    WAITING = "Waiting"  # held by the confirm-rollout gate before any traffic moves
+    PROGRESSING = "Progressing"  # stepping through the plan, analysing every interval
+    WAITING_PROMOTION = "WaitingPromotion"  # all steps passed, held by confirm-promotion
+    PROMOTING = "Promoting"  # canary takes 100 % and is becoming the new stable
+    SUCCEEDED = "Succeeded"  # promoted: the canary serves all traffic
+    FAILED = "Failed"  # rolled back: stable serves all traffic
+    PAUSED = "Paused"  # held by an operator or a `{pause: {}}` step until resumed
+
+
+ACTIVE = frozenset(
+    {
+        Phase.INITIALIZING,
+        Phase.WAITING,
+        Phase.PROGRESSING,
+        Phase.WAITING_PROMOTION,
+        Phase.PROMOTING,
+        Phase.PAUSED,
+    }
+)
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a rollout. kind: weight | match | pause | preview (blue-green analysis)."""
+
+    kind: str
+    weight: float = 0.0
+    match: tuple[MatchRule, ...] = ()
+    pause: float = 0.0  # seconds; inf = until resumed
+
+
+def plan(canary: Canary) -> tuple[PlanStep, ...]:
+    """The ordered steps of a rollout, from the canary's mode and analysis settings."""
+    a = canary.analysis
+    if canary.mode == "blue-green":
+        return tuple(PlanStep("preview") for _ in range(max(a.iterations, 1)))
+    if canary.mode == "ab":
+        return tuple(PlanStep("match", match=a.match) for _ in range(max(a.iterations, 1)))
+    if a.steps:
+        return tuple(_from_step(s) for s in a.steps)
+    if a.step_weights:
+        return tuple(PlanStep("weight", weight=w) for w in a.step_weights)
+    return tuple(PlanStep("weight", weight=w) for w in _stepped(a.step_weight, a.max_weight))
+
+
+def _stepped(step: float, top: float) -> list[float]:
+    if step <= 0:
+        return [top]
+    out: list[float] = []
+    w = step
+    while w < top - 1e-9:
+        out.append(round(w, 6))
+        w += step
+    out.append(top)
+    return out
+
+
+def _from_step(s: Step) -> PlanStep:
+    weight, match, pause = s.weight, s.match, s.pause
+    if weight is not None:
+        return PlanStep("weight", weight=float(weight))
+    if match is not None:
+        return PlanStep("match", match=tuple(match))
+    return PlanStep("pause", pause=float(pause if pause is not None else float("inf")))
+
+
+def describe(p: tuple[PlanStep, ...]) -> list[dict[str, object]]:
+    """The planned timeline as JSON-able rows for status."""
+    rows: list[dict[str, object]] = []
+    for s in p:
+        row: dict[str, object] = {"kind": s.kind}
+        if s.kind == "weight":
+            row["weight"] = s.weight
+        elif s.kind == "match":
+            row["match_rules"] = len(s.match)
+        elif s.kind == "pause":
+            row["pause"] = None if s.pause == float("inf") else s.pause
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- state, events, commands
+
+
+@dataclass(frozen=True)
+class State:
+    phase: Phase = Phase.IDLE
+    step: int = 0
+    failed_checks: int = 0
+    started_at: float | None = None
+    last_progress_at: float | None = None  # start of the current step: pause and deadline clock
+    paused_from: Phase | None = None
+    promoted: bool = False
+    revision: str = ""  # the canary revision/endpoints fingerprint this state belongs to
+    message: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "phase": self.phase.value,
+            "step": self.step,
+            "failed_checks": self.failed_checks,
+            "started_at": self.started_at,
+            "last_progress_at": self.last_progress_at,
+            "paused_from": self.paused_from.value if self.paused_from else None,
+            "promoted": self.promoted,
+            "revision": self.revision,
+            "message": self.message,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, object]) -> State:
+        pf = d.get("paused_from")
+        return State(
+            phase=Phase(str(d.get("phase", "Idle"))),
+            step=int(d.get("step", 0) or 0),  # type: ignore[call-overload]
+            failed_checks=int(d.get("failed_checks", 0) or 0),  # type: ignore[call-overload]
+            started_at=_opt_float(d.get("started_at")),
+            last_progress_at=_opt_float(d.get("last_progress_at")),
+            paused_from=Phase(str(pf)) if pf else None,
+            promoted=bool(d.get("promoted", False)),
+            revision=str(d.get("revision", "")),
+            message=str(d.get("message", "")),
+        )
+
+
+def _opt_float(v: object) -> float | None:
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the machine needs from the config, plain values only."""
+
+    plan: tuple[PlanStep, ...]
+    threshold: int = 5
+    interval: float = 60.0
+    progress_deadline: float = 600.0
+    gates: frozenset[str] = frozenset()  # webhook types configured (confirm-*)
+
+    @staticmethod
+    def of(canary: Canary) -> Settings:
+        a = canary.analysis
+        return Settings(
+            plan=plan(canary),
+            threshold=a.threshold,
+            interval=a.interval,
+            progress_deadline=a.progress_deadline,
+            gates=frozenset(h.type for h in a.webhooks),
+        )
+
+
+@dataclass(frozen=True)
+class Start:
+    now: float
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class NewRevision:
+    now: float
+    revision: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One interval's inputs. None means "not gathered this tick"."""
+
+    now: float
+    verdict: Verdict | None = None  # analysis + rollout webhooks of the window
+    hooks_ok: bool | None = None  # pre-rollout webhooks (Initializing)
+    gate_ok: bool | None = None  # the confirm-* gate this phase needs
+    rollback: bool = False  # a rollback webhook answered 2xx
+
+
+@dataclass(frozen=True)
+class Promote:
+    now: float
+
+
+@dataclass(frozen=True)
+class Abort:
+    now: float
+    reason: str = "aborted by operator"
+
+
+@dataclass(frozen=True)
+class Pause:
+    now: float
+
+
+@dataclass(frozen=True)
+class Resume:
+    now: float
+
+
+Event = Start | NewRevision | Tick | Promote | Abort | Pause | Resume
+
+
+@dataclass(frozen=True)
+class SetRoute:
+    weights: dict[str, float] | None  # percent per role: {"stable": 90, "canary": 10}
+    match: tuple[MatchRule, ...] | None  # canary match rules, None = clear
+    cause: str
+
+
+@dataclass(frozen=True)
+class RunWebhooks:
+    type: str  # post-rollout (fire and forget; results are not inputs)
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # start | step | promoted | rolled-back | paused | resumed
+    text: str
+
+
+@dataclass(frozen=True)
+class ScheduleTick:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Persist:
+    pass
+
+
+Command = SetRoute | RunWebhooks | Alert | ScheduleTick | Persist
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which inputs the runner gathers before the next Tick."""
+
+    pre_rollout: bool = False
+    analysis: bool = False
+    gate: str | None = None
+    rollback_hook: bool = False
+
+
+# ---------------------------------------------------------------- derived routing
+
+
+def desired_route(p: tuple[PlanStep, ...], s: State) -> tuple[float, tuple[MatchRule, ...] | None]:
+    """(canary weight percent, canary match rules) the state wants on the route."""
+    if s.phase in (Phase.PROMOTING, Phase.SUCCEEDED):
+        return 100.0, None
+    if s.phase == Phase.IDLE and s.promoted:
+        return 100.0, None
+    hold = s.paused_from if s.phase == Phase.PAUSED else s.phase
+    if hold in (Phase.PROGRESSING, Phase.WAITING_PROMOTION):
+        return _carried(p, s.step)
+    return 0.0, None
+
+
+def _carried(p: tuple[PlanStep, ...], upto: int) -> tuple[float, tuple[MatchRule, ...] | None]:
+    """Weight and match carry forward through the plan until a later step replaces them."""
+    weight, match = 0.0, None
+    for ps in p[: min(upto, len(p) - 1) + 1]:
+        if ps.kind == "weight":
+            weight = ps.weight
+        elif ps.kind == "match":
+            match = ps.match
+    return weight, match
+
+
+def route_command(p: tuple[PlanStep, ...], s: State, name: str) -> SetRoute:
+    w, m = desired_route(p, s)
+    label = f"canary:{name} {s.phase.value.lower()}"
+    if s.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION):
+        label = f"canary:{name} step {s.step + 1} weight {w:g}"
+    return SetRoute({"stable": 100.0 - w, "canary": w}, m, label)
+
+
+def needs(cfg: Settings, s: State) -> Needs:
+    """Inputs the runner must gather for this phase's next Tick."""
+    if s.phase == Phase.INITIALIZING:
+        return Needs(pre_rollout=True, rollback_hook=True)
+    if s.phase == Phase.WAITING:
+        return Needs(gate=_gate(cfg, "confirm-rollout"), rollback_hook=True)
+    if s.phase == Phase.PROGRESSING:
+        gate = _gate(cfg, "confirm-traffic-increase") if s.step + 1 < len(cfg.plan) else None
+        return Needs(analysis=True, gate=gate, rollback_hook=True)
+    if s.phase == Phase.WAITING_PROMOTION:
+        return Needs(analysis=True, gate=_gate(cfg, "confirm-promotion"), rollback_hook=True)
+    if s.phase in (Phase.PAUSED, Phase.PROMOTING):
+        return Needs(rollback_hook=True)
+    return Needs()
+
+
+def _gate(cfg: Settings, kind: str) -> str | None:
+    return kind if kind in cfg.gates else None
+
+
+# ---------------------------------------------------------------- transitions
+
+Out = tuple[State, list[Command]]
+Handler = Callable[[Settings, State, Any, str], Out]
+
+
+def _enter(cfg: Settings, s: State, name: str, now: float, alert: Alert | None = None) -> Out:
+    """Common tail of every transition: apply routing, persist, schedule."""
+    cmds: list[Command] = [route_command(cfg.plan, s, name), Persist()]
+    if alert:
+        cmds.append(alert)
+    if s.phase in (Phase.INITIALIZING, Phase.WAITING, Phase.PROMOTING):
+        cmds.append(ScheduleTick(0.0))
+    return s, cmds
+
+
+def _start(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    now, rev = ev.now, getattr(ev, "revision", s.revision)
+    ns = State(Phase.INITIALIZING, 0, 0, now, now, None, False, rev or s.revision, "starting")
+    return _enter(cfg, ns, name, now, Alert("start", f"{name}: rollout started"))
+
+
+def _rollback(cfg: Settings, s: State, now: float, name: str, why: str) -> Out:
+    ns = replace(s, phase=Phase.FAILED, paused_from=None, message=why)
+    st, cmds = _enter(cfg, ns, name, now, Alert("rolled-back", f"{name}: rolled back: {why}"))
+    return st, [*cmds, RunWebhooks("post-rollout")]
+
+
+def _abort(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    return _rollback(cfg, s, ev.now, name, ev.reason)
+
+
+def _promote(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    ns = replace(s, phase=Phase.PROMOTING, paused_from=None, message="promoting")
+    return _enter(cfg, ns, name, ev.now)
+
+
+def _pause(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    ns = replace(s, phase=Phase.PAUSED, paused_from=s.phase, message="paused by operator")
+    return _enter(cfg, ns, name, ev.now, Alert("paused", f"{name}: paused"))
+
+
+def _resume(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    now = ev.now
+    back = s.paused_from or Phase.PROGRESSING
+    ns = replace(s, phase=back, paused_from=None, message="resumed", last_progress_at=now)
+    if back == Phase.PROGRESSING and _at_pause(cfg, s) == float("inf"):
+        return _advance(cfg, ns, now, name)
+    st, cmds = _enter(cfg, ns, name, now, Alert("resumed", f"{name}: resumed"))
+    return st, [*cmds, ScheduleTick(cfg.interval)]
+
+
+def _at_pause(cfg: Settings, s: State) -> float | None:
+    if s.step < len(cfg.plan) and cfg.plan[s.step].kind == "pause":
+        return cfg.plan[s.step].pause
+    return None
+
+
+def _advance(cfg: Settings, s: State, now: float, name: str) -> Out:
+    """Next step, or WaitingPromotion/Promoting after the last one."""
+    if s.step + 1 >= len(cfg.plan):
+        if "confirm-promotion" in cfg.gates:
+            ns = replace(s, phase=Phase.WAITING_PROMOTION, message="waiting for promotion gate")
+            st, cmds = _enter(cfg, ns, name, now)
+            return st, [*cmds, ScheduleTick(0.0)]
+        return _promote(cfg, s, Promote(now), name)
+    ns = replace(s, phase=Phase.PROGRESSING, step=s.step + 1, last_progress_at=now)
+    if _at_pause(cfg, ns) == float("inf"):
+        ns = replace(ns, phase=Phase.PAUSED, paused_from=Phase.PROGRESSING, message="pause step")
+        return _enter(cfg, ns, name, now, Alert("paused", f"{name}: paused at step {ns.step + 1}"))
+    w, _ = desired_route(cfg.plan, ns)
+    ns = replace(ns, message=f"advanced to step {ns.step + 1}")
+    text = f"{name}: step {ns.step + 1}/{len(cfg.plan)} weight {w:g}%"
+    st, cmds = _enter(cfg, ns, name, now, Alert("step", text))
+    return st, [*cmds, ScheduleTick(cfg.interval)]
+
+
+def _tick_initializing(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    tick: Tick = ev
+    if tick.hooks_ok is False:
+        return _count_failure(cfg, s, tick.now, name, "pre-rollout webhook failed")
+    ns = replace(s, phase=Phase.WAITING, message="waiting for confirm-rollout")
+    return _enter(cfg, ns, name, tick.now)
+
+
+def _tick_waiting(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    tick: Tick = ev
+    if tick.gate_ok is False:
+        return _hold(cfg, replace(s, message="waiting for confirm-rollout gate"))
+    ns = replace(s, phase=Phase.PROGRESSING, step=0, last_progress_at=tick.now)
+    if _at_pause(cfg, ns) == float("inf"):
+        ns = replace(ns, phase=Phase.PAUSED, paused_from=Phase.PROGRESSING, message="pause step")
+        return _enter(cfg, ns, name, tick.now)
+    ns = replace(ns, message="step 1")
+    st, cmds = _enter(cfg, ns, name, tick.now)
+    return st, [*cmds, ScheduleTick(cfg.interval)]
+
+
+def _tick_progressing(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    tick: Tick = ev
+    if tick.verdict == Verdict.FAIL:
+        return _count_failure(cfg, s, tick.now, name, "check failed")
+    pause = _at_pause(cfg, s)
+    if pause is not None and tick.now - (s.last_progress_at or tick.now) < pause:
+        return _hold(cfg, replace(s, message=f"pause step {s.step + 1}"))
+    if tick.verdict == Verdict.INCONCLUSIVE and pause is None:
+        return _inconclusive(cfg, s, tick.now, name)
+    if tick.gate_ok is False:
+        return _hold(cfg, replace(s, message="waiting for confirm-traffic-increase gate"))
+    return _advance(cfg, s, tick.now, name)
+
+
+def _tick_waiting_promotion(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    tick: Tick = ev
+    if tick.verdict == Verdict.FAIL:
+        return _count_failure(cfg, s, tick.now, name, "check failed")
+    if tick.gate_ok is False:
+        return _hold(cfg, replace(s, message="waiting for confirm-promotion gate"))
+    return _promote(cfg, s, Promote(tick.now), name)
+
+
+def _tick_promoting(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    now = ev.now
+    ns = replace(s, phase=Phase.SUCCEEDED, promoted=True, message="promoted")
+    st, cmds = _enter(cfg, ns, name, now, Alert("promoted", f"{name}: promoted"))
+    return st, [*cmds, RunWebhooks("post-rollout")]
+
+
+def _count_failure(cfg: Settings, s: State, now: float, name: str, why: str) -> Out:
+    n = s.failed_checks + 1
+    if n >= cfg.threshold:
+        return _rollback(
+            cfg, replace(s, failed_checks=n), now, name, f"{why} ({n}/{cfg.threshold})"
+        )
+    ns = replace(s, failed_checks=n, message=f"{why} ({n}/{cfg.threshold})")
+    return ns, [Persist(), ScheduleTick(cfg.interval)]
+
+
+def _inconclusive(cfg: Settings, s: State, now: float, name: str) -> Out:
+    since = s.last_progress_at if s.last_progress_at is not None else now
+    if now - since >= cfg.progress_deadline:
+        return _rollback(cfg, s, now, name, "progress deadline exceeded without enough data")
+    return _hold(cfg, replace(s, message="not enough data: holding weight"))
+
+
+def _hold(cfg: Settings, s: State) -> Out:
+    return s, [Persist(), ScheduleTick(cfg.interval)]
+
+
+def _tick_rollback_hook(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    return _rollback(cfg, s, ev.now, name, "rollback webhook")
+
+
+def _tick_paused(cfg: Settings, s: State, ev: Any, name: str) -> Out:
+    return s, [ScheduleTick(cfg.interval)]
+
+
+P = Phase
+_ANY_ACTIVE = tuple(ACTIVE)
+_PAUSABLE = (P.INITIALIZING, P.WAITING, P.PROGRESSING, P.WAITING_PROMOTION)
+_PROMOTABLE = (P.INITIALIZING, P.WAITING, P.PROGRESSING, P.WAITING_PROMOTION, P.PAUSED)
+
+# (event type, phase) -> handler. Every row has a test in tests/test_canary_machine.py.
+TRANSITIONS: dict[tuple[type, Phase], Handler] = {
+    **{(Start, p): _start for p in (P.IDLE, P.SUCCEEDED, P.FAILED)},
+    **{(NewRevision, p): _start for p in Phase},
+    **{(Abort, p): _abort for p in _ANY_ACTIVE},
+    **{(Promote, p): _promote for p in _PROMOTABLE},
+    **{(Pause, p): _pause for p in _PAUSABLE},
+    (Resume, P.PAUSED): _resume,
+    (Tick, P.INITIALIZING): _tick_initializing,
+    (Tick, P.WAITING): _tick_waiting,
+    (Tick, P.PROGRESSING): _tick_progressing,
+    (Tick, P.WAITING_PROMOTION): _tick_waiting_promotion,
+    (Tick, P.PROMOTING): _tick_promoting,
+    (Tick, P.PAUSED): _tick_paused,
+}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    commands: list[Command] = field(default_factory=list)
+
+
+def step(cfg: Settings, s: State, ev: Event, name: str = "canary") -> Out | Rejected:
+    """Apply one event. Invalid (event, phase) pairs return `Rejected` and change nothing."""
+    if isinstance(ev, Tick) and ev.rollback and s.phase in ACTIVE:
+        return _tick_rollback_hook(cfg, s, ev, name)
+    handler = TRANSITIONS.get((type(ev), s.phase))
+    if handler is None:
+        if isinstance(ev, Tick):
+            return s, []
+        verb = type(ev).__name__.lower()
+        return Rejected(f"cannot {verb} {name}: phase is {s.phase.value}")
+    return handler(cfg, s, ev, name)
