@@ -1,0 +1,1 @@
+"""Benchmarks: canaryproxy against nginx and HAProxy on the same machine, in one run."""

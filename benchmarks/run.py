@@ -1,0 +1,205 @@
+"""`python -m benchmarks [--quick] [--out DIR]`: our proxy against nginx and HAProxy, one run.
+
+For each scenario: wrk straight to the upstream at 1 connection (the baseline for added
+latency), then each proxy started with the scenario's config, pinned to CPU 0, and measured
+at 1, 64 and 256 connections: rps, p50/p99/p99.9, proxy CPU seconds per 10,000 requests
+(utime+stime of its process tree), peak RSS (VmHWM). Medians over the runs; ratios against
+nginx from the same run. Installs nothing; a missing program is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import procs, proxies, report, scenarios, wrk
+from benchmarks.scenarios import Scenario
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    scenarios: tuple[str, ...]
+    connections: tuple[int, ...]
+    seconds: float
+    runs: int
+    proxies: tuple[str, ...]
+    warmup: float
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    names = tuple(s.name for s in scenarios.SCENARIOS)
+    if args.quick:
+        plan = Plan(scenarios.QUICK, (1, 64), 1.0, 1, ("nginx", "haproxy", "ours"), 1.0)
+    else:
+        plan = Plan(names, (1, 64, 256), 3.0, 3, ("nginx", "haproxy", "ours"), 1.0)
+    return Plan(
+        tuple(args.scenarios.split(",")) if args.scenarios else plan.scenarios,
+        tuple(int(c) for c in args.connections.split(","))
+        if args.connections
+        else plan.connections,
+        args.duration or plan.seconds,
+        args.runs or plan.runs,
+        tuple(args.proxies.split(",")) if args.proxies else plan.proxies,
+        plan.warmup,
+    )
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rows))
+
+
+def measure(
+    url: str, pid: int | None, conns: int, secs: float, script: Path, s: Scenario
+) -> dict[str, Any]:
+    """One wrk run; CPU of the proxy tree (`pid`) over exactly that run."""
+    cpu0 = procs.cpu_seconds(pid) if pid else 0.0
+    res = wrk.run(url + s.path, conns, secs, script, s.headers)
+    cpu = procs.cpu_seconds(pid) - cpu0 if pid else 0.0
+    row = res.to_dict()
+    row["cpu_s_per_10k"] = cpu / res.requests * 10_000 if res.requests else 0.0
+    return row
+
+
+def cell(
+    url: str, pid: int | None, conns: int, plan: Plan, script: Path, s: Scenario
+) -> dict[str, Any]:
+    runs = [measure(url, pid, conns, plan.seconds, script, s) for _ in range(plan.runs)]
+    keys = ("rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_s_per_10k")
+    out: dict[str, Any] = {k: _median(runs, k) for k in keys}
+    out["conns"] = conns
+    out["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    out["socket_errors"] = sum(sum(r["errors"].values()) for r in runs)
+    out["runs"] = runs
+    return out
+
+
+def bench_proxy(
+    name: str,
+    start: proxies.Starter,
+    d: Path,
+    up: tuple[int, int],
+    s: Scenario,
+    plan: Plan,
+    script: Path,
+) -> dict[str, Any]:
+    """Start one proxy for one scenario, measure every connection count, stop it."""
+    pd = d / f"{name}-{s.name}"
+    pd.mkdir()
+    running = start(pd, up, s)
+    try:
+        url = f"http://127.0.0.1:{running.port}"
+        wrk.run(url + s.path, 64, plan.warmup, script, s.headers)  # fill upstream pools
+        cells = [cell(url, running.proc.pid, c, plan, script, s) for c in plan.connections]
+        return {
+            "proxy": name,
+            "scenario": s.name,
+            "cells": cells,
+            "peak_rss_mb": procs.peak_rss_mb(running.proc.pid),
+        }
+    finally:
+        procs.stop(running.proc)
+
+
+def bench_scenario(
+    s: Scenario, d: Path, up: tuple[int, int], plan: Plan, notes: list[str]
+) -> list[dict[str, Any]]:
+    script = d / f"{s.name}.lua"
+    script.write_text(scenarios.wrk_script(s))
+    direct = cell(f"http://127.0.0.1:{up[0]}", None, 1, plan, script, s)
+    rows: list[dict[str, Any]] = [
+        {"proxy": "direct", "scenario": s.name, "cells": [direct], "peak_rss_mb": 0.0}
+    ]
+    for name, (start, note) in proxies.available().items():
+        if name not in plan.proxies or (s.ours_only and name != "ours"):
+            continue
+        if start is None:
+            _note(notes, f"{name}: skipped, {note}")
+            continue
+        try:
+            rows.append(bench_proxy(name, start, d, up, s, plan, script))
+        except (RuntimeError, ValueError, OSError) as e:
+            _note(notes, f"{name}/{s.name}: failed: {e}")
+        print(f"  {s.name}: {name} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+        print("note:", text, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": cpu,
+        "cores": procs.os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": report.versions(),
+    }
+
+
+def run(plan: Plan, out: Path) -> dict[str, Any]:
+    procs.install_cleanup()
+    procs.raise_nofile()
+    notes: list[str] = []
+    if not procs.have("wrk"):
+        raise SystemExit("wrk is needed (apt-get install wrk); nothing measured")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="canaryproxy-bench-") as tmp:
+        d = Path(tmp)
+        up_proc, up = proxies.start_upstreams(d)
+        try:
+            rows = [
+                r
+                for s in scenarios.by_name(plan.scenarios)
+                for r in bench_scenario(s, d, up, plan, notes)
+            ]
+        finally:
+            procs.stop(up_proc)
+    result = {
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "notes": notes,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "rows": rows,
+    }
+    result["ratios"] = report.ratios(rows)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="seconds, not minutes (CI smoke run)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    p.add_argument("--scenarios", help="comma-separated scenario names")
+    p.add_argument("--proxies", help="comma-separated: nginx,haproxy,ours")
+    p.add_argument("--connections", help="comma-separated connection counts")
+    p.add_argument("--duration", type=float, help="seconds per cell")
+    p.add_argument("--runs", type=int, help="runs per cell (median taken)")
+    args = p.parse_args(argv)
+    plan = make_plan(args)
+    scenarios.by_name(plan.scenarios)  # unknown names fail before anything starts
+    result = run(plan, args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    md = report.markdown(result)
+    (args.out / "results.md").write_text(md)
+    print(md)
+    return 0
