@@ -1,0 +1,306 @@
+"""Admin API (SPEC §3) and dashboard on their own port, default 127.0.0.1:9901.
+
+Security, after Envoy's admin guidance: loopback by default (app.py refuses a public
+address without a token), a bearer token compared in constant time on everything but
+the probe and scrape endpoints, mutations only by POST/PUT with a JSON body, CR/LF
+refused in every value, and one audit log line per mutation.
+
+The handlers only parse and check input; every change goes through the `Controller`
+(the App), which validates against the running config and changes nothing on error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+audit = logging.getLogger("canaryproxy.audit")
+MAX_BODY = 1024 * 1024
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+VERBS = ("start", "promote", "abort", "pause", "resume")
+DASHBOARD = os.path.join(os.path.dirname(__file__), "dashboard.html")
+_FALLBACK_PAGE = (
+    "<!doctype html><title>canaryproxy</title><h1>canaryproxy</h1>"
+    '<p>See <a href="/api/v1/status">/api/v1/status</a> and <a href="/metrics">/metrics</a>.</p>'
+)
+
+
+class BadInput(ValueError):
+    """Input the API refuses with 400; the message says what is wrong."""
+
+
+class NotFound(LookupError):
+    """A route, subset, canary or revision that does not exist: 404."""
+
+
+class Controller(Protocol):
+    registry: CollectorRegistry
+
+    def token(self) -> str: ...
+    def ready(self) -> tuple[bool, str]: ...
+    def status(self) -> dict: ...
+    def reload(self) -> dict: ...
+    def set_weights(self, route: str, weights: dict[str, float]) -> dict: ...
+    def switch(self, route: str, subset: str) -> dict: ...
+    async def canary_action(self, name: str, verb: str) -> dict: ...
+    def history(self) -> list[dict]: ...
+    def undo(self, to_revision: int | None) -> dict: ...
+    def explain(self, req: dict) -> dict: ...
+
+
+# -- input checks (pure) -------------------------------------------------------------
+
+
+def check_no_crlf(value: Any, where: str = "body") -> None:
+    """Refuse CR, LF and NUL anywhere: they would forge log lines or header values."""
+    if isinstance(value, str):
+        if any(c in value for c in "\r\n\0"):
+            raise BadInput(f"{where}: CR, LF and NUL are not allowed")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_no_crlf(k, where)
+            check_no_crlf(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_no_crlf(v, f"{where}[{i}]")
+
+
+def parse_weights(body: Any) -> dict[str, float]:
+    """`{"v1": 90, "v2": 10}` -> weights; finite numbers >= 0, not all zero, no bools."""
+    if not isinstance(body, dict) or not body:
+        raise BadInput('expected a JSON object of subset weights, e.g. {"v1": 90, "v2": 10}')
+    out: dict[str, float] = {}
+    for subset, w in body.items():
+        if isinstance(w, bool) or not isinstance(w, int | float):
+            raise BadInput(f"weight of {subset!r} must be a number, got {json.dumps(w)}")
+        if not math.isfinite(w) or w < 0:
+            raise BadInput(f"weight of {subset!r} must be a finite number >= 0, got {w}")
+        out[subset] = float(w)
+    if sum(out.values()) <= 0:
+        raise BadInput("weights must not all be 0: some subset has to take the traffic")
+    return out
+
+
+def parse_switch(body: Any) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
+        raise BadInput('expected {"to": "<subset>"}')
+    return str(body["to"])
+
+
+def parse_undo(body: Any) -> int | None:
+    if body is None or body == {}:
+        return None
+    if not isinstance(body, dict) or set(body) - {"to_revision"}:
+        raise BadInput('expected {"to_revision": N} or an empty body')
+    n = body.get("to_revision")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BadInput("to_revision must be a revision number >= 1")
+    return n
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON (None if empty); over 1 MiB or not JSON -> BadInput."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadInput(f"body over {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadInput(f"body over {MAX_BODY} bytes")
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"body is not valid JSON: {exc}") from None
+    check_no_crlf(data)
+    return data
+
+
+def explain_args(body: dict) -> tuple[str, str, dict[str, str], dict[str, str], str]:
+    """The explain request body -> RoutingTable.explain arguments."""
+    method, path = body.get("method", "GET"), body.get("path", "/")
+    headers, cookies = body.get("headers") or {}, body.get("cookies") or {}
+    client_ip = body.get("client_ip", "127.0.0.1")
+    if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+        raise BadInput('"method" must be a string and "path" a string starting with /')
+    for name, d in (("headers", headers), ("cookies", cookies)):
+        if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
+            raise BadInput(f'"{name}" must be an object of strings')
+    if not isinstance(client_ip, str):
+        raise BadInput('"client_ip" must be a string')
+    lower = {k.lower(): v for k, v in headers.items()}
+    return method.upper(), path, lower, dict(cookies), client_ip
+
+
+def readiness(weights: dict[str, dict[str, float]], pools: list[dict]) -> tuple[bool, str]:
+    """Ready when every subset that takes traffic has a healthy, non-ejected endpoint."""
+    usable = {
+        p["name"] for p in pools if any(e["healthy"] and not e["ejected"] for e in p["endpoints"])
+    }
+    for route, by_subset in weights.items():
+        for subset, w in by_subset.items():
+            if w > 0 and subset not in usable:
+                return False, f"route {route}: no healthy endpoint in subset {subset}"
+    return True, "ok"
+
+
+# -- middlewares ---------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadInput as exc:
+        return _error(400, str(exc))
+    except NotFound as exc:
+        return _error(404, str(exc.args[0]) if exc.args else "not found")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        keep = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error(exc.status, exc.reason, keep)
+
+
+def auth_middleware(get_token: Callable[[], str]) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = get_token()
+        if token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            expected = "Bearer " + token
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                if request.method in ("POST", "PUT"):
+                    _audit(request, 401, "unauthorized")
+                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return auth
+
+
+def _audit(request: web.Request, status: int, result: str) -> None:
+    peer = request.remote or "?"
+    # repr() keeps any control character in the path on one line.
+    audit.info(
+        "peer=%s method=%s path=%r status=%d result=%s",
+        peer, request.method, request.rel_url.raw_path, status, result,
+    )  # fmt: skip
+
+
+@web.middleware
+async def audit_mutations(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method not in ("POST", "PUT") or request.path == "/api/v1/explain":
+        return await handler(request)
+    resp = await handler(request)
+    result = request.get("audit_result", "ok" if resp.status < 400 else "refused")
+    _audit(request, resp.status, result)
+    return resp
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+class AdminAPI:
+    """The aiohttp application serving SPEC §3 for one Controller."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+
+    def build(self) -> web.Application:
+        app = web.Application(
+            middlewares=[errors_as_json, auth_middleware(self.ctl.token), audit_mutations],
+            client_max_size=MAX_BODY,
+        )
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/", self.dashboard)
+        r.add_get("/api/v1/status", self.status)
+        r.add_post("/api/v1/reload", self.reload)
+        r.add_put("/api/v1/routes/{route}/weights", self.weights)
+        r.add_post("/api/v1/routes/{route}/switch", self.switch)
+        r.add_post("/api/v1/canaries/{name}/{verb}", self.canary)
+        r.add_get("/api/v1/history", self.history)
+        r.add_post("/api/v1/undo", self.undo)
+        r.add_post("/api/v1/explain", self.explain)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.ctl.ready()
+        return web.json_response({"ready": ok, "reason": why}, status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.ctl.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        try:
+            with open(DASHBOARD, encoding="utf-8") as f:
+                page = f.read()
+        except OSError:
+            page = _FALLBACK_PAGE
+        return web.Response(text=page, content_type="text/html")
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ctl.status())
+
+    async def reload(self, request: web.Request) -> web.Response:
+        await read_json(request)
+        out = self.ctl.reload()
+        if out.get("error"):
+            request["audit_result"] = "rejected"
+            return web.json_response(out, status=400)
+        return web.json_response(out)
+
+    async def weights(self, request: web.Request) -> web.Response:
+        route = _param(request, "route")
+        weights = parse_weights(await read_json(request))
+        return web.json_response(self.ctl.set_weights(route, weights))
+
+    async def switch(self, request: web.Request) -> web.Response:
+        route = _param(request, "route")
+        return web.json_response(self.ctl.switch(route, parse_switch(await read_json(request))))
+
+    async def canary(self, request: web.Request) -> web.Response:
+        name, verb = _param(request, "name"), _param(request, "verb")
+        if verb not in VERBS:
+            raise NotFound(f"unknown canary action {verb!r}; one of {', '.join(VERBS)}")
+        await read_json(request)
+        return web.json_response(await self.ctl.canary_action(name, verb))
+
+    async def history(self, request: web.Request) -> web.Response:
+        return web.json_response({"revisions": self.ctl.history()})
+
+    async def undo(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ctl.undo(parse_undo(await read_json(request))))
+
+    async def explain(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadInput('expected {"method", "path", "headers", "cookies", "client_ip"}')
+        return web.json_response(self.ctl.explain(body))
+
+
+def _param(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    check_no_crlf(value, name)
+    return value

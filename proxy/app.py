@@ -1,0 +1,509 @@
+"""Wiring: config, routing table, data plane, admin API, health checks, canaries.
+
+The App owns the running Config and the routing overrides. Every change (reload,
+weights, switch, undo, a canary step) builds a new RoutingTable aside and swaps one
+reference; anything that fails while building leaves the running table untouched.
+All mutations are synchronous methods run on the event loop, so they never
+interleave. The data plane reads `self.table` once per request, so requests in
+flight finish on the table they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from argparse import Namespace
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.admin import AdminAPI, BadInput, NotFound, explain_args, readiness
+from proxy.config.load import load_text
+from proxy.config.schema import Config, MatchRule, Route
+from proxy.health import HealthChecker
+from proxy.metrics import ProxyMetrics, VersionSnapshot
+from proxy.routing.table import Overrides, RoutingTable, build_table
+from proxy.state import RoutingState, StateStore, file_weights, match_from_json, reconcile
+from proxy.upstream import Pools
+
+log = logging.getLogger("canaryproxy")
+
+try:  # the canary controller is optional: without it the proxy still routes
+    from proxy.canary.runner import CanaryManager
+except ImportError:  # pragma: no cover - depends on what is installed
+    CanaryManager = None  # type: ignore[assignment,misc]
+
+
+class StartupError(Exception):
+    """The proxy cannot start; the message says why. `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`0.0.0.0:8080`, `[::1]:9901` -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(listen: str) -> socket.socket:
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class App:
+    """One proxy: data plane + admin API + controllers, started and stopped in-process."""
+
+    def __init__(self, config_path: str, state_dir: str = "./.canaryproxy") -> None:
+        self.config_path = config_path
+        self.store = StateStore(state_dir)
+        self.registry = CollectorRegistry()
+        self.config: Config | None = None
+        self.routing = RoutingState()
+        self.table: RoutingTable | None = None
+        self.last_reload_error: str | None = None
+        self.canaries: Any = None
+        self.proxy_port = 0
+        self.admin_port = 0
+        self._hash = self._bad_hash = ""
+        self._tasks: list[asyncio.Task] = []
+        self._server: Any = None
+        self._runner: web.AppRunner | None = None
+        self._watcher: Any = None
+        self.health = HealthChecker(self._on_health)
+
+    # -- startup and shutdown --------------------------------------------------------
+
+    async def start(self) -> None:
+        config, text_hash = self._read_config()
+        self._check_admin(config)
+        self.metrics = ProxyMetrics(self.registry, config.metrics.compat)
+        self.pools = Pools(config)
+        self._commit_config(config, text_hash)
+        if self._differs_from_head():
+            self._record("reload")
+        await self._start_proxy(config)
+        await self._start_admin(config)
+        self._start_watch()
+        self._spawn(self._tick_loop(), "metrics tick")
+        if CanaryManager is not None:
+            self.canaries = CanaryManager(self)
+            await self.canaries.sync(config)
+        log.info("proxy on port %d, admin on port %d", self.proxy_port, self.admin_port)
+
+    def _read_config(self) -> tuple[Config, str]:
+        text, text_hash, errors = self._read_file()
+        config = None
+        if not errors:
+            config, errors = load_text(text, self.config_path)
+        if errors or config is None:
+            raise StartupError("\n".join(errors))
+        return config, text_hash
+
+    def _read_file(self) -> tuple[str, str, list[str]]:
+        try:
+            with open(self.config_path, "rb") as f:
+                raw = f.read()
+            return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest(), []
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return "", "", [f"{self.config_path}: cannot read: {why}"]
+
+    def _check_admin(self, config: Config) -> None:
+        host, _ = split_listen(config.admin.listen)
+        if not is_loopback(host) and not self.token_for(config):
+            raise StartupError(
+                f"refusing to start: admin.listen {config.admin.listen} is not a loopback "
+                f"address and ${config.admin.token_env} is not set; set a token or bind "
+                "admin to 127.0.0.1",
+                code=2,
+            )
+
+    async def _start_proxy(self, config: Config) -> None:
+        from proxy.server import ProxyServer
+
+        access_log = None
+        if config.access_log:
+            from proxy.accesslog import AccessLog
+
+            access_log = AccessLog(config.access_log)
+        sock = bind(config.listen)
+        self.proxy_port = sock.getsockname()[1]
+        self._server = ProxyServer(
+            lambda: self.table, self.pools, self.metrics, access_log, config.limits
+        )
+        host, port = split_listen(config.listen)
+        await self._server.start(host, port, sock=sock)
+
+    async def _start_admin(self, config: Config) -> None:
+        sock = bind(config.admin.listen)
+        self.admin_port = sock.getsockname()[1]
+        self._runner = web.AppRunner(AdminAPI(self).build(), access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    def _start_watch(self) -> None:
+        try:
+            from proxy.config.watch import ConfigWatcher
+        except ImportError:
+            log.warning("config file watching unavailable; reload with SIGHUP or the API")
+            return
+        self._watcher = ConfigWatcher(self.config_path, self._on_file_change, 1.0)
+        self._watcher.start()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (at most `timeout` s)."""
+        if self._server is not None:
+            await self._server.drain(timeout)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.canaries is not None:
+            await self.canaries.stop()
+        await self.health.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.close()
+        if hasattr(self, "pools"):
+            self.pools.close()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self.metrics.tick()
+            self.metrics.set_upstream_health(
+                (u["name"], e["address"], e["healthy"] and not e["ejected"])
+                for u in self.pools.status()
+                for e in u["endpoints"]
+            )
+            await asyncio.sleep(1.0)
+
+    # -- config and table ------------------------------------------------------------
+
+    def _commit_config(self, config: Config, text_hash: str) -> None:
+        routing = reconcile(self._loaded_routing(), config)
+        table = build_table(config, Overrides(routing.weights, routing.canary_match))
+        self.config, self.routing, self.table, self._hash = config, routing, table, text_hash
+        self.pools.update(config)
+        self.health.update(config, self._initially_healthy)
+        self.metrics.set_route_weights(table.weights())
+        self.store.save_routing(routing)
+
+    def _loaded_routing(self) -> RoutingState:
+        return self.routing if self.config is not None else self.store.load_routing()
+
+    def _initially_healthy(self, subset: str, address: str) -> bool:
+        pool = self.pools.pool(subset)
+        for ep in pool.endpoints if pool else ():
+            if ep.address == address:
+                return bool(ep.healthy)
+        return True
+
+    def _apply(self, routing: RoutingState, cause: str) -> dict:
+        """Build a table for `routing`; on success swap it in and record a revision."""
+        assert self.config is not None
+        try:
+            table = build_table(self.config, Overrides(routing.weights, routing.canary_match))
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        self.routing, self.table = routing, table
+        self.metrics.set_route_weights(table.weights())
+        self.store.save_routing(routing)
+        return self._record(cause)
+
+    def _record(self, cause: str) -> dict:
+        assert self.table is not None
+        return self.store.record(cause, self.table.weights(), self.routing.canary_match)
+
+    def _differs_from_head(self) -> bool:
+        head = self.store.get(self.store.head())
+        if head is None or self.table is None:
+            return True
+        same_match = match_from_json(head["canary_match"]) == self.routing.canary_match
+        return head["weights"] != self.table.weights() or not same_match
+
+    def _on_file_change(self, *_: object) -> None:
+        self.reload()
+
+    def reload(self) -> dict:
+        """Re-read the file; a bad file changes nothing and is counted as rejected."""
+        text, text_hash, errors = self._read_file()
+        if text_hash and text_hash in (self._hash, self._bad_hash):
+            if text_hash == self._bad_hash and self.last_reload_error:
+                return {"result": "rejected", "error": self.last_reload_error}
+            return {"result": "unchanged", "revision": self.store.head()}
+        config = None
+        if not errors:
+            config, errors = load_text(text, self.config_path)
+        if config is not None:
+            errors = self._try_commit(config, text_hash)
+        if errors:
+            return self._reject(errors, text_hash)
+        self.metrics.reload("ok")
+        self.last_reload_error = None
+        rev = self._record("reload")
+        if self.canaries is not None:
+            self._spawn(self.canaries.sync(config), "canary sync")
+        log.info("config reloaded: revision %d", rev["revision"])
+        return {"result": "ok", "revision": rev["revision"]}
+
+    def _try_commit(self, config: Config, text_hash: str) -> list[str]:
+        assert self.config is not None
+        if split_listen(config.listen)[1] != split_listen(self.config.listen)[1]:
+            log.warning("listen address changes need a restart; still on %s", self.config.listen)
+        try:
+            self._commit_config(config, text_hash)
+        except ValueError as exc:
+            return [f"{self.config_path}: {exc}"]
+        return []
+
+    def _reject(self, errors: list[str], text_hash: str) -> dict:
+        for line in errors:
+            log.error("config rejected: %s", line)
+        self.metrics.reload("rejected")
+        self._bad_hash = text_hash
+        self.last_reload_error = "; ".join(errors)
+        return {"result": "rejected", "error": self.last_reload_error, "errors": errors}
+
+    # -- admin Controller ------------------------------------------------------------
+
+    def token_for(self, config: Config) -> str:
+        return os.environ.get(config.admin.token_env, "")
+
+    def token(self) -> str:
+        return self.token_for(self.config) if self.config is not None else ""
+
+    def _route_subsets(self, route: str) -> list[str]:
+        assert self.config is not None
+        r = self.config.route(route)
+        if r is None:
+            raise BadInput(f"unknown route {route!r}")
+        return [d.subset for d in r.destinations]
+
+    def set_weights(self, route: str, weights: dict[str, float]) -> dict:
+        known = self._route_subsets(route)
+        unknown = sorted(set(weights) - set(known))
+        if unknown:
+            raise BadInput(f"route {route!r} has no subset {', '.join(unknown)}; known: {known}")
+        full = {s: weights.get(s, 0.0) for s in known}
+        return self._set_route(route, full, "weights", keep_match=True)
+
+    def switch(self, route: str, subset: str) -> dict:
+        known = self._route_subsets(route)
+        if subset not in known:
+            raise BadInput(f"route {route!r} has no subset {subset!r}; known: {known}")
+        full = {s: 100.0 if s == subset else 0.0 for s in known}
+        return self._set_route(route, full, "switch", keep_match=False)
+
+    def _set_route(
+        self, route: str, weights: dict[str, float], cause: str, keep_match: bool
+    ) -> dict:
+        assert self.config is not None and self.table is not None
+        match = dict(self.routing.canary_match)
+        if not keep_match:
+            match.pop(route, None)
+        new = RoutingState(
+            {**self.routing.weights, route: weights}, match, file_weights(self.config)
+        )
+        rev = self._apply(new, cause)
+        log.info("%s: route %s weights %s (revision %d)", cause, route, weights, rev["revision"])
+        return {"revision": rev["revision"], "route": route, "weights": rev["weights"][route]}
+
+    def history(self) -> list[dict]:
+        return self.store.history()
+
+    def undo(self, to_revision: int | None) -> dict:
+        assert self.config is not None
+        target = to_revision if to_revision is not None else self.store.head() - 1
+        rev = self.store.get(target)
+        if rev is None:
+            raise BadInput(f"no revision {target}; history has 1..{self.store.head()}")
+        files = file_weights(self.config)
+        weights: dict[str, dict[str, float]] = {}
+        for route, w in rev["weights"].items():
+            if route in files and w != files[route]:
+                known = self._route_subsets(route)
+                if set(w) - set(known):
+                    raise BadInput(f"revision {target} routes {route!r} to a subset now gone")
+                weights[route] = {s: float(w.get(s, 0.0)) for s in known}
+        match = match_from_json(rev["canary_match"])
+        new = self._apply(RoutingState(weights, match, files), "undo")
+        return {"revision": new["revision"], "restored": target, "weights": new["weights"]}
+
+    async def canary_action(self, name: str, verb: str) -> dict:
+        assert self.config is not None
+        if self.canaries is None or all(c.name != name for c in self.config.canaries):
+            raise NotFound(f"unknown canary {name!r}")
+        ok, message = await self.canaries.action(name, verb)
+        if not ok:
+            raise BadInput(message)
+        return {"canary": name, "action": verb, "message": message}
+
+    def explain(self, req: dict) -> dict:
+        assert self.table is not None
+        return self.table.explain(*explain_args(req))
+
+    def ready(self) -> tuple[bool, str]:
+        if self.table is None:
+            return False, "no config loaded"
+        return readiness(self.table.weights(), self.pools.status())
+
+    def status(self) -> dict:
+        assert self.config is not None and self.table is not None
+        weights = self.table.weights()
+        return {
+            "revision": self.store.head(),
+            "config_file": self.config_path,
+            "last_reload_error": self.last_reload_error,
+            "routes": [self._route_status(r, weights.get(r.name, {})) for r in self.config.routes],
+            "upstreams": [
+                {"name": u["name"], "endpoints": u["endpoints"]} for u in self.pools.status()
+            ],
+            "canaries": self.canaries.status() if self.canaries is not None else [],
+        }
+
+    def _route_status(self, r: Route, weights: dict[str, float]) -> dict:
+        match = self.routing.canary_match.get(r.name)
+        return {
+            "name": r.name,
+            "service": r.service or r.name,
+            "weights": weights,
+            "live": [s for s, w in weights.items() if w > 0],
+            "idle": [s for s, w in weights.items() if w <= 0],
+            "preview": {"header": r.preview.header, "value": r.preview.value}
+            if r.preview
+            else None,
+            "override": r.name in self.routing.weights,
+            "canary_match": match[0] if match else None,
+            "versions": {s: self.metrics.version_rates(r.name, s) for s in weights},
+        }
+
+    # -- canary host -----------------------------------------------------------------
+
+    def current_config(self) -> Config:
+        assert self.config is not None
+        return self.config
+
+    def snapshot(self, route: str, version: str) -> VersionSnapshot:
+        return self.metrics.snapshot(route, version)
+
+    def apply_canary(
+        self,
+        canary: str,
+        route: str,
+        weights: dict[str, float] | None,
+        match: tuple[str, tuple[MatchRule, ...]] | None,
+        cause: str,
+    ) -> None:
+        assert self.config is not None
+        new_weights = dict(self.routing.weights)
+        if weights is not None:
+            new_weights[route] = dict(weights)
+        new_match = dict(self.routing.canary_match)
+        if match is None:
+            new_match.pop(route, None)
+        else:
+            new_match[route] = match
+        self._apply(RoutingState(new_weights, new_match, file_weights(self.config)), cause)
+
+    def save_canary_state(self, name: str, state: dict) -> None:
+        self.store.save_canary_state(name, state)
+
+    def load_canary_state(self, name: str) -> dict | None:
+        return self.store.load_canary_state(name)
+
+    # -- health ----------------------------------------------------------------------
+
+    def _on_health(self, subset: str, address: str, healthy: bool) -> None:
+        self.pools.set_health(subset, address, healthy)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+# -- `canaryproxy serve` ---------------------------------------------------------------
+
+
+def run_serve(args: Namespace) -> int:
+    """Run until SIGTERM/SIGINT (drain, exit 0). Exit 1: bad config; 2: unsafe admin."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if getattr(args, "workers", 1) > 1:
+        log.warning("--workers > 1 is not supported yet; serving from one process")
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(args.config, args.state_dir))
+
+
+async def _serve(config_path: str, state_dir: str) -> int:
+    app = App(config_path, state_dir)
+    try:
+        await app.start()
+    except StartupError as exc:
+        print(str(exc), file=sys.stderr)
+        await _quiet_stop(app)
+        return exc.code
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    await stop.wait()
+    assert app.config is not None
+    started = time.monotonic()
+    log.info("draining (up to %.0f s)", app.config.limits.drain_timeout)
+    await app.drain(app.config.limits.drain_timeout)
+    await app.stop()
+    log.info("stopped after %.1f s of draining", time.monotonic() - started)
+    return 0
+
+
+async def _quiet_stop(app: App) -> None:
+    try:
+        await app.stop()
+    except Exception:  # noqa: BLE001 - best effort after a failed start
+        log.debug("cleanup after failed start", exc_info=True)
