@@ -3,16 +3,18 @@
 Guarantees:
 - weights are relative (any sum > 0); a subset with weight 0 is never picked, for any draw;
 - random: `rnd` in [0, 1) comes from the caller; subset i is picked with w_i / sum(w);
-- hash: bucket = mmh3_32(f"{salt}:{key}") mod 10,000 (salt = the route name). The first
-  listed destination takes buckets from the bottom, the others are stacked from the top in
-  listed order (the second listed owns the topmost range). Edges are computed in exact
-  rational arithmetic, rounded half up, so:
-  * two destinations (stable, canary): raising one's weight relative to the other only
-    moves keys to it, never back (monotonic ramp), in either listing order;
-  * n destinations: a key of the i-th listed (i >= 2) stays put while the combined share of
-    destinations 2..i-1 is unchanged and that of 2..i does not shrink; a key of the first
-    stays put while the first's share does not shrink;
-  * bucket -> subset is a pure function of (salt, key, weights): pinned by golden vectors
+- hash: bucket = mmh3_32(f"{salt}:{key}") mod 10,000 (salt = the route name). Destinations
+  own consecutive bucket ranges in listed order: destination i owns [E(i-1), E(i)) where
+  E(i) = round_half_up(10,000 * (w_0 + ... + w_i) / sum(w)), in exact rational arithmetic.
+  So a key of destination i stays there while the combined share of the destinations
+  listed before i does not grow and the combined share up to and including i does not
+  shrink. Consequences:
+  * two destinations (stable, canary), either order: raising one's weight relative to the
+    other only moves keys to it, never back (monotonic ramp);
+  * n destinations: moving weight between two neighbours in the list (stable and the
+    canary listed right after it), the others unchanged, only moves keys between those
+    two, towards the one that gains (so list the canary right after the stable);
+  * bucket -> subset is a pure function of (salt, key, weights), pinned by golden vectors
     in the tests, so a release never reshuffles users.
 - mirror: the draw is frac(rnd * 1000), which is uniform and independent enough of the
   split's use of rnd (it reads the lower digits), so one random number serves both.
@@ -53,18 +55,19 @@ def check_weight(w: float) -> float:
 def bucket_ranges(
     weights: tuple[float, ...], buckets: int = BUCKETS
 ) -> tuple[tuple[int, int], ...]:
-    """[lo, hi) bucket range per destination (layout in the module docstring)."""
+    """[lo, hi) bucket range per destination, consecutive in listed order."""
     total = sum(Fraction(w) for w in weights)
     if total == 0:
         return tuple((0, 0) for _ in weights)
     out: list[tuple[int, int]] = []
-    upper, acc = buckets, Fraction(0)
-    for w in weights[1:]:
+    lo, acc = 0, Fraction(0)
+    for w in weights:
         acc += Fraction(w)
-        lower = buckets - floor(buckets * acc / total + Fraction(1, 2))
-        out.append((lower, upper))
-        upper = lower
-    return ((0, upper), *out)
+        # Rational arithmetic: an edge moves only when its cumulative share moves.
+        hi = floor(buckets * acc / total + Fraction(1, 2))
+        out.append((lo, hi))
+        lo = hi
+    return tuple(out)
 
 
 def build_weighted(subsets: tuple[str, ...], weights: tuple[float, ...]) -> Weighted:
