@@ -1,0 +1,431 @@
+"""One request/response exchange: decision, upstream attempts, streaming both ways.
+
+An Exchange is created when a request head is complete. It asks the routing table once, then
+(when it is first in its connection's pipeline) acquires an upstream connection, writes the
+request head and streams the body; the upstream connection calls back with the response head,
+body chunks and the end. Flow control is symmetric: a side whose writes back up pauses the
+other side's reads. Nothing here awaits: timers are `loop.call_later` handles.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from proxy import headers as hdr
+from proxy.dataplane_errors import CLOSING, ERRORS, error_response, status_line
+from proxy.dataplane_upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
+from proxy.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.server import ClientConnection
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so that a retry can resend it
+NO_BODY, RAW, CHUNKED, CLOSE = 0, 1, 2, 3
+RETRY_STATUS = {502: "502", 503: "503", 504: "504"}
+BLOCK_CONN = 4  # client read block: body waits for an upstream connection
+
+
+class Exchange:
+    def __init__(self, client: ClientConnection, req: dict) -> None:
+        self.client = client
+        self.loop = client.loop
+        self.t0 = self.loop.time()
+        self.method: bytes = req["method"]
+        self.target: bytes = req["target"]
+        self.http10: bool = req["http10"]
+        self.keep_alive: bool = req["keep_alive"]
+        self.headers: list = req["headers"]
+        self.content_length: int | None = req["content_length"]
+        self.chunked: bool = req["chunked"]
+        self.request_id: bytes = req["request_id"]
+        self.client_ip: str = req["client_ip"]
+        self.connection: frozenset[bytes] = req["connection"]
+        self.xff: bytes = req["xff"]
+        self.proto: bytes | None = req["proto"]
+        self.has_host: bool = req["has_host"]
+        self.expect_continue = False
+        self.route = None
+        self.subset = ""
+        self.set_cookie: str | None = None
+        self.mirror: str | None = None
+        self.pool: UpstreamPool | None = None
+        self.conn: UpstreamConnection | None = None
+        self.ep: Endpoint | None = None
+        self.local: str | None = req["error"]  # reason of a proxy-made answer
+        self.fault_status = 0
+        self.attempts_left = 0
+        self.stale_retried = False
+        self.body: list[bytes] | None = []
+        self.body_bytes = 0
+        self.req_done = not self.chunked and not self.content_length
+        self.head = b""
+        self.sent = False  # bytes of this request reached the current upstream connection
+        self.resp_started = False
+        self.mode = NO_BODY
+        self.status = 0
+        self.bytes_sent = 0
+        self.close_after = False
+        self.done = False
+        self.timer = None
+        self.per_try = False
+        self.upstream_addr = ""
+        self.error = ""
+
+    # --- decision (at head time, before any body byte is read) ------------------------------
+    def prepare(self, table, decide_headers: dict[str, str], expect: bytes | None) -> None:
+        d = table.decide(
+            self.method.decode("latin-1"),
+            self.target.decode("latin-1"),
+            decide_headers,
+            self.client_ip,
+            random.random(),
+        )
+        self.route = route = d.route
+        if route is None:
+            self.local = "no_route"
+            return
+        self.subset = d.subset or ""
+        self.set_cookie = d.set_cookie
+        self.mirror = d.mirror
+        if self.content_length is not None and self.content_length > route.max_body:
+            self.local = "body_too_large"
+        elif expect is not None and expect.lower() != b"100-continue":
+            self.local = "expectation_failed"
+        elif not self.subset:
+            self.local = "no_destination"
+        else:
+            self.pool = self.client.server.pools.pool(self.subset)
+            if self.pool is None:
+                self.local = "no_destination"
+        self.attempts_left = route.retries.attempts
+        self.expect_continue = expect is not None and not self.http10
+
+    # --- start (first in the pipeline) --------------------------------------------------------
+    def start(self) -> None:
+        if self.done:
+            return
+        if self.local is not None:
+            self.fail(self.local)
+            return
+        fault = self.route.fault
+        if fault is not None:
+            if fault.abort is not None and random.random() * 100 < fault.abort.percent:
+                self.fault_status = fault.abort.status
+                self.fail("fault_abort")
+                return
+            if fault.delay is not None and random.random() * 100 < fault.delay.percent:
+                self.timer = self.loop.call_later(fault.delay.fixed, self._proceed)
+                return
+        self._proceed()
+
+    def _proceed(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.expect_continue and not self.req_done:
+            self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.head = self._build_head()
+        self._attempt(fresh=False)
+
+    def _build_head(self) -> bytes:
+        route = self.route
+        ops = [hdr.compile_ops(route.headers.request)]
+        dest = route.dest_headers.get(self.subset)
+        if dest is not None:
+            ops.append(hdr.compile_ops(dest.request))
+        lines = hdr.request_lines(
+            self.headers, self.connection, self.xff, self.proto, self.request_id, ops
+        )
+        if self.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % self.content_length
+        else:
+            framing = b""
+        return lines + framing + b"\r\n"
+
+    def _attempt(self, fresh: bool) -> None:
+        if self.loop.time() - self.t0 >= self.route.timeout > 0:
+            self.fail("upstream_timeout")
+            return
+        self.pool.acquire(self._on_conn, self.ep, fresh)
+
+    def _on_conn(self, conn: UpstreamConnection | None, ep: Endpoint | None, reason: str) -> None:
+        if conn is None:
+            self._connect_failed(ep, reason)
+            return
+        if self.done:
+            self.pool.release(conn, True)
+            return
+        self.conn, self.ep = conn, ep
+        self.upstream_addr = ep.address
+        conn.attach(self)
+        self._send_head(conn)
+        self._arm_response_timer()
+        self.client.unblock_read(BLOCK_CONN)
+        if self.client.write_paused:
+            conn.pause_reading()
+
+    def _send_head(self, conn: UpstreamConnection) -> None:
+        host = b"" if self.has_host else b"Host: " + self.ep.address.encode() + b"\r\n"
+        first = self.method + b" " + self.target + b" HTTP/1.1\r\n" + host
+        parts = [first, self.head]
+        for chunk in self.body or ():
+            parts.extend(self._frame(chunk))
+        if self.req_done and self.chunked:
+            parts.append(b"0\r\n\r\n")
+        conn.transport.writelines(parts)
+        self.sent = True
+
+    def _frame(self, chunk: bytes) -> list[bytes]:
+        if self.chunked:
+            return [b"%x\r\n" % len(chunk), chunk, b"\r\n"]
+        return [chunk]
+
+    def _connect_failed(self, ep: Endpoint | None, reason: str) -> None:
+        if self.done:
+            return
+        if ep is not None and reason in (CONNECT_REFUSED, CONNECT_TIMEOUT):
+            self.pool.report(ep, False)
+            self.ep = ep
+            if self._can_retry("connect-failure", sent=False):
+                self._retry(fresh=False)
+                return
+        self.fail(reason)
+
+    # --- retries -----------------------------------------------------------------------------
+    def _can_retry(self, cond: str, sent: bool) -> bool:
+        if self.attempts_left <= 0 or cond not in self.route.retries.retry_on:
+            return False
+        if sent and self.method not in IDEMPOTENT:
+            return False  # RFC 9110 §9.2.2: never replay a non-idempotent request
+        return self.body is not None
+
+    def _retry(self, fresh: bool) -> None:
+        self.attempts_left -= 1
+        self._drop_conn()
+        self._attempt(fresh)
+
+    def _drop_conn(self) -> None:
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+            self.pool.release(conn, False)
+
+    # --- client side events --------------------------------------------------------------------
+    def client_body(self, data: bytes) -> None:
+        if self.done or self.local is not None:
+            return
+        self.body_bytes += len(data)
+        if self.route is not None and self.body_bytes > self.route.max_body:
+            self.client_error("body_too_large")
+            return
+        conn = self.conn
+        if conn is not None:
+            conn.transport.writelines(self._frame(data))
+        if self.body is not None:
+            if conn is None or self.body_bytes <= REPLAY_LIMIT:
+                self.body.append(data)
+            else:
+                self.body = None
+            if conn is None and self.body_bytes > REPLAY_LIMIT:
+                self.client.block_read(BLOCK_CONN)
+
+    def client_done(self) -> None:
+        self.req_done = True
+        if self.conn is not None and self.chunked and not self.done:
+            self.conn.transport.write(b"0\r\n\r\n")
+
+    def client_error(self, reason: str) -> None:
+        """The request stream broke (bad chunk, too large, too slow)."""
+        if self.done:
+            return
+        self._drop_conn()
+        if self.resp_started:
+            self._truncate()
+        else:
+            self.fail(reason)
+
+    def client_lost(self) -> None:
+        if self.done:
+            return
+        self._drop_conn()
+        self.close_after = True
+        self.error = "client_closed"
+        self._finish(499 if not self.resp_started else self.status)
+
+    # --- upstream side events ------------------------------------------------------------------
+    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
+        cond = RETRY_STATUS.get(status)
+        if cond is not None and self._can_retry(cond, sent=True):
+            self._retry(fresh=False)
+            return False
+        self.pool.report(self.ep, True)
+        self._cancel_timer()
+        self.status = status
+        self.resp_started = True
+        self.client.write(self._response_head(status, headers))
+        if self.mode != NO_BODY:
+            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT, self._body_idle)
+        return self.mode == NO_BODY and status not in (204, 304)
+
+    def _response_head(self, status: int, headers: list) -> bytes:
+        connection: list[bytes] = []
+        length = None
+        for lname, _, value in headers:
+            if lname == b"connection":
+                connection.append(value)
+            elif lname == b"content-length":
+                length = value
+        route = self.route
+        ops = [hdr.compile_ops(route.headers.response)]
+        dest = route.dest_headers.get(self.subset)
+        if dest is not None:
+            ops.append(hdr.compile_ops(dest.response))
+        lines = hdr.response_lines(headers, hdr.nominated(connection), ops, self.set_cookie)
+        framing = self._framing(status, length)
+        c = self.client
+        self.close_after = self.close_after or c.must_close(self)
+        if self.close_after:
+            framing += b"Connection: close\r\n"
+        elif self.http10:
+            framing += b"Connection: keep-alive\r\n"
+        return status_line(status) + lines + framing + b"\r\n"
+
+    def _framing(self, status: int, length: bytes | None) -> bytes:
+        if status in (204, 304) or status < 200:
+            self.mode = NO_BODY
+            return b""
+        if self.method == b"HEAD":
+            self.mode = NO_BODY
+            return b"Content-Length: " + length + b"\r\n" if length is not None else b""
+        if length is not None:
+            self.mode = RAW
+            return b"Content-Length: " + length + b"\r\n"
+        if self.http10:
+            self.mode = CLOSE
+            self.close_after = True
+            return b""
+        self.mode = CHUNKED
+        return b"Transfer-Encoding: chunked\r\n"
+
+    def up_body(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        if self.mode == CHUNKED:
+            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.client.write(data)
+
+    def up_done(self, reusable: bool) -> None:
+        self._cancel_timer()
+        if self.mode == CHUNKED:
+            self.client.write(b"0\r\n\r\n")
+        conn, self.conn = self.conn, None
+        if not self.req_done:
+            self.close_after = True  # the rest of the request body will not be read
+        if conn is not None:
+            self.pool.release(conn, reusable and self.req_done)
+        self._finish(self.status)
+
+    def up_failed(self, reason: str, got_bytes: bool) -> None:
+        conn = self.conn
+        if conn is None or self.done:
+            return
+        if self.resp_started:
+            self.error = reason
+            self._drop_conn()
+            self._truncate()
+            return
+        reused = conn.requests > 0
+        self._drop_conn()
+        if reason == "upstream_reset" and not got_bytes and reused and not self.stale_retried:
+            if self.method in IDEMPOTENT and self.body is not None:
+                # The upstream closed an idle keep-alive connection just as we reused it.
+                self.stale_retried = True
+                self.attempts_left = max(1, self.attempts_left)
+                self._retry(fresh=True)
+                return
+        self.pool.report(self.ep, False)
+        if reason == "upstream_reset" and self._can_retry("reset", sent=True):
+            self._retry(fresh=False)
+            return
+        self.fail(reason)
+
+    def up_pause(self) -> None:
+        self.client.block_read(1)
+
+    def up_resume(self) -> None:
+        self.client.unblock_read(1)
+
+    # --- timers ------------------------------------------------------------------------------
+    def _arm_response_timer(self) -> None:
+        route = self.route
+        left = self.t0 + route.timeout - self.loop.time() if route.timeout > 0 else 1e9
+        per_try = route.retries.per_try_timeout
+        self.per_try = bool(per_try and per_try < left)
+        delay = per_try if self.per_try else left
+        self.timer = self.loop.call_later(max(delay, 0.0), self._response_timeout)
+
+    def _response_timeout(self) -> None:
+        self.timer = None
+        if self.done or self.resp_started:
+            return
+        self.pool.report(self.ep, False)
+        if self.per_try and self._can_retry("504", sent=True):
+            self._retry(fresh=False)
+            return
+        self._drop_conn()
+        self.fail("upstream_timeout")
+
+    def _body_idle(self) -> None:
+        self.timer = None
+        conn = self.conn
+        if conn is None or self.done:
+            return
+        idle = self.loop.time() - conn.last_read
+        if idle < BODY_IDLE_TIMEOUT or self.client.write_paused:
+            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT - idle + 0.01, self._body_idle)
+            return
+        self.error = "upstream_timeout"
+        self._drop_conn()
+        self._truncate()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # --- endings -----------------------------------------------------------------------------
+    def fail(self, reason: str) -> None:
+        """Answer with a proxy-made error (before any response byte was sent)."""
+        if self.done:
+            return
+        self._cancel_timer()
+        self.error = reason
+        close = reason in CLOSING or not self.req_done or self.client.must_close(self)
+        self.close_after = self.close_after or close
+        code = ERRORS[reason][0] or self.fault_status
+        self.client.write(error_response(reason, self.close_after, code))
+        label = ERRORS[reason][2]
+        metrics = self.client.server.metrics
+        if label is not None and metrics is not None:
+            metrics.upstream_error(self.subset, label)
+        self._finish(code)
+
+    def _truncate(self) -> None:
+        """The response cannot be completed: close the client without a clean end."""
+        self.close_after = True
+        self.client.abort()
+        self._finish(self.status)
+
+    def _finish(self, code: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        seconds = self.loop.time() - self.t0
+        self.client.server.record(self, code, seconds)
+        self.client.finished(self)

@@ -1,0 +1,196 @@
+"""One keep-alive connection to an upstream endpoint: asyncio.Protocol + httptools.
+
+The connection parses responses and hands events to its current `handler` (the request being
+served). It refuses what an upstream must not send (RELIABILITY.md rows 3, 16, 17): more than
+100 header fields, duplicate Content-Length, Content-Length with Transfer-Encoding, an invalid
+status line, 101 to a non-upgrade request, bytes while idle. Any of these marks the connection
+unusable: it is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+if TYPE_CHECKING:
+    from proxy.upstream import Endpoint, UpstreamPool
+
+MAX_RESPONSE_HEADERS = 100
+BODY_IDLE_TIMEOUT = 60.0
+
+
+class Handler(Protocol):
+    """What a connection reports to the request it serves."""
+
+    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
+        """Response head parsed; return True when the response has no body (HEAD)."""
+        ...
+
+    def up_body(self, data: bytes) -> None: ...
+    def up_done(self, reusable: bool) -> None: ...
+    def up_failed(self, reason: str, got_bytes: bool) -> None: ...
+    def up_pause(self) -> None: ...
+    def up_resume(self) -> None: ...
+
+
+class _Abort(Exception):
+    """Raised inside parser callbacks to stop parsing a broken response."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.handler: Handler | None = None
+        self.closed = False
+        self.pool_owned = True
+        self.got_bytes = False
+        self.requests = 0  # served on this connection: >0 means "reused" for the next one
+        self.idle_since = 0.0
+        self.last_read = 0.0
+        self._headers: list = []
+        self._cl = 0
+        self._te = False
+        self._informational = False
+        self._no_body = False
+        self._reusable = True
+        self._paused = False
+
+    # --- pool side ---------------------------------------------------------------------------
+    def usable(self, now: float, idle_timeout: float) -> bool:
+        return not self.closed and now - self.idle_since < idle_timeout
+
+    def attach(self, handler: Handler) -> None:
+        self.handler = handler
+        self.got_bytes = False
+        self._reusable = True
+        self.last_read = self.pool._loop.time()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (client went away, protocol error)."""
+        self.handler = None
+        self._reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        handler, self.handler = self.handler, None
+        self.pool.forget(self)
+        if handler is not None:
+            handler.up_failed("upstream_reset", self.got_bytes)
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.up_pause()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.up_resume()
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is None:
+            self.abort()  # bytes nobody asked for: the stream is out of sync
+            return
+        self.got_bytes = True
+        self.last_read = self.pool._loop.time()
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, _Abort):
+            self._fail("upstream_bad_response")
+
+    def _fail(self, reason: str) -> None:
+        handler = self.handler
+        self.abort()
+        if handler is not None:
+            handler.up_failed(reason, True)
+
+    # --- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._cl = 0
+        self._te = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length":
+            self._cl += 1
+            if self._cl > 1 or self._te:
+                raise _Abort
+        elif lname == b"transfer-encoding":
+            self._te = True
+            if self._cl:
+                raise _Abort
+        self._headers.append((lname, name, value))
+        if len(self._headers) > MAX_RESPONSE_HEADERS:
+            raise _Abort
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self._informational = 100 <= status < 200
+        if status == 101:
+            raise _Abort  # we never ask for an upgrade
+        if self._informational or self.handler is None:
+            return  # 1xx before the real response: not forwarded
+        keep = self.parser.should_keep_alive()
+        self._no_body = self.handler.up_headers(status, b"", self._headers, keep)
+        if self._no_body:
+            self._finish(reusable=not self._te and self._declared_length() == 0)
+
+    def _declared_length(self) -> int:
+        for lname, _, value in self._headers:
+            if lname == b"content-length":
+                return int(value)
+        return 0
+
+    def on_body(self, body: bytes) -> None:
+        if self.handler is not None and not self._no_body:
+            self.handler.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._no_body:
+            self._no_body = False
+            return
+        self._finish(reusable=self.parser.should_keep_alive())
+
+    def _finish(self, reusable: bool) -> None:
+        """The response ended; the handler gives the connection back to the pool."""
+        handler, self.handler = self.handler, None
+        self.requests += 1
+        if self._no_body:
+            # A body-less response (HEAD) leaves llhttp expecting a body: start afresh.
+            self.parser = httptools.HttpResponseParser(self)
+        if handler is not None:
+            handler.up_done(reusable and self._reusable and not self.closed)

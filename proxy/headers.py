@@ -1,0 +1,160 @@
+"""Hop-by-hop and forwarding rules (pure: bytes in, bytes out, no I/O).
+
+Rules kept here (RFC 9110 §7.6.1, RELIABILITY.md rows 11-14, 30):
+- hop-by-hop fields and every field nominated in `Connection` are removed in both directions;
+- `Connection` may never nominate Host, Content-Length or a field the proxy sets itself;
+- names containing `_` are dropped (so `X_Forwarded_For` cannot alias a real field);
+- the proxy appends X-Forwarded-For, sets X-Forwarded-Proto, X-Request-Id and Via.
+
+Headers travel as `(lower_name, name, value)` byte tuples: the lower-case name drives the
+rules, the original spelling is what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from proxy.config.schema import HeaderOps
+
+Header = tuple[bytes, bytes, bytes]  # (lower-case name, name as received, value)
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"expect",
+    }
+)
+# Fields the proxy owns: `Connection` cannot make us drop them.
+PROTECTED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+        b"via",
+    }
+)
+# Replaced by the proxy on requests, so incoming copies are dropped.
+REPLACED_ON_REQUEST = frozenset({b"x-forwarded-proto", b"x-request-id", b"content-length"})
+VIA = b"1.1 canaryproxy"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+
+def valid_request_id(value: bytes) -> bool:
+    """An incoming X-Request-Id is kept only when it is 1-128 chars of [A-Za-z0-9._-]."""
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def nominated(connection_values: Iterable[bytes]) -> frozenset[bytes]:
+    """Field names listed in `Connection` headers, minus those the proxy protects."""
+    names: set[bytes] = set()
+    for value in connection_values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token and token not in PROTECTED:
+                names.add(token)
+    return frozenset(names)
+
+
+def client_address(peer: str, xff: bytes | None, trusted_hops: int) -> str:
+    """The client as seen through `trusted_hops` proxies in front of us.
+
+    With 0 trusted hops the peer is the client; with N, it is the N-th address from the right
+    of `X-Forwarded-For` (the peer counted as the last hop).
+    """
+    if trusted_hops <= 0 or not xff:
+        return peer
+    hops = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
+    hops.append(peer)
+    return hops[max(0, len(hops) - 1 - trusted_hops)]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledOps:
+    """HeaderOps in wire form, built once per HeaderOps value."""
+
+    drop: frozenset[bytes]  # lower-case names removed before set/add
+    lines: bytes  # "Name: value\r\n" for set and add, in that order
+
+
+@lru_cache(maxsize=1024)
+def compile_ops(ops: HeaderOps) -> CompiledOps:
+    drop = {n.lower().encode("latin-1") for n in ops.remove}
+    drop.update(n.lower().encode("latin-1") for n, _ in ops.set)
+    lines = b"".join(
+        n.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for n, v in (*ops.set, *ops.add)
+    )
+    return CompiledOps(frozenset(drop), lines)
+
+
+def _keep(headers: Iterable[Header], drop: frozenset[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for lname, name, value in headers:
+        if lname not in drop:
+            out.append(name + b": " + value + b"\r\n")
+    return out
+
+
+def request_lines(
+    headers: Sequence[Header],
+    connection: frozenset[bytes],
+    xff: bytes,
+    proto: bytes | None,
+    request_id: bytes,
+    ops: Sequence[CompiledOps],
+) -> bytes:
+    """Header block for the upstream request, without framing and without the final CRLF.
+
+    `xff` is the full new X-Forwarded-For value; `proto` is None to keep an incoming
+    X-Forwarded-Proto (trusted hop in front), else the value to set.
+    """
+    drop = HOP_BY_HOP | connection | REPLACED_ON_REQUEST | {b"x-forwarded-for"}
+    if proto is None:
+        drop = drop - {b"x-forwarded-proto"}
+    for op in ops:
+        drop = drop | op.drop
+    parts = _keep(headers, drop)
+    parts.append(b"X-Forwarded-For: " + xff + b"\r\n")
+    if proto is not None:
+        parts.append(b"X-Forwarded-Proto: " + proto + b"\r\n")
+    parts.append(b"X-Request-Id: " + request_id + b"\r\nVia: " + VIA + b"\r\n")
+    parts.extend(op.lines for op in ops)
+    return b"".join(parts)
+
+
+def response_lines(
+    headers: Sequence[Header],
+    connection: frozenset[bytes],
+    ops: Sequence[CompiledOps],
+    set_cookie: str | None,
+) -> bytes:
+    """Header block for the client response, without framing/Connection and final CRLF."""
+    drop = HOP_BY_HOP | connection | {b"content-length"}
+    for op in ops:
+        drop = drop | op.drop
+    parts = _keep(headers, drop)
+    parts.append(b"Via: " + VIA + b"\r\n")
+    parts.extend(op.lines for op in ops)
+    if set_cookie:
+        parts.append(b"Set-Cookie: " + set_cookie.encode("latin-1") + b"\r\n")
+    return b"".join(parts)
+
+
+def forwarded_for(existing: bytes | None, peer: str) -> bytes:
+    """X-Forwarded-For with the peer appended (incoming values kept, as nginx/Envoy)."""
+    if existing:
+        return existing + b", " + peer.encode("latin-1")
+    return peer.encode("latin-1")

@@ -1,0 +1,505 @@
+"""The data plane, client side: asyncio.Protocol + httptools (llhttp) request parsing.
+
+A `ClientConnection` parses requests, enforces the request limits and framing rules
+(RELIABILITY.md rows 1-7, 15-21, 30) before anything is forwarded, and keeps the pipeline in
+order: each request becomes an `Exchange`; only the first one in the queue talks upstream, the
+others wait with client reads paused. Timers are plain `loop.call_later` handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httptools
+
+from proxy import headers as hdr
+from proxy.accesslog import AccessLog
+from proxy.config.schema import Limits
+from proxy.dataplane_errors import CLOSING
+from proxy.dataplane_exchange import Exchange
+from proxy.upstream import Pools
+
+MAX_LINE = 8192  # request line -> 414
+MAX_FIELD = 8192  # one header field -> 431
+MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
+MAX_HEADERS = 100  # header count -> 431
+BLOCK_UP, BLOCK_PIPE = 1, 2  # client read blocks (4 = waiting for a connection, in Exchange)
+
+
+class Metrics(Protocol):
+    def observe(
+        self, route: str, service: str, version: str, code: int, seconds: float
+    ) -> None: ...
+
+    def upstream_error(self, version: str, reason: str) -> None: ...
+    def mirrored(self, route: str, version: str) -> None: ...
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Stop(Exception):
+    """Stop parsing: the connection closes after what is already queued."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.limits = server.limits
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None  # request whose body is being read
+        self.in_head = False
+        self.closing = False  # no further request is read
+        self.closed = False
+        self.requests = 0
+        self.blocks = 0
+        self.write_paused = False
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.last_body = 0.0
+        self.head_size = 0
+        self.url_done = False
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if len(server.connections) >= self.limits.max_connections or server.draining:
+            transport.close()
+            self.closed = True
+            return
+        server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for t in (self.header_timer, self.idle_timer, self.body_timer):
+            if t is not None:
+                t.cancel()
+        for ex in list(self.queue):
+            ex.client_lost()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue and self.queue[0].conn is not None:
+            self.queue[0].conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].conn is not None:
+            self.queue[0].conn.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.parsing is None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(
+                    self.limits.header_timeout, self._header_timeout
+                )
+            self.head_size += len(data)
+            if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
+                self.reject("headers_too_large" if self.url_done else "uri_too_long")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_reading()  # the request was served; no protocol switch follows
+        except httptools.HttpParserError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, _Reject):
+                self.reject(ctx.reason)
+            elif not isinstance(ctx, _Stop):
+                self.reject("bad_request")
+
+    # --- writing -----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if not self.closed:
+            self.transport.writelines(parts)
+
+    def abort(self) -> None:
+        self.closing = True
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def block_read(self, bit: int) -> None:
+        if not self.blocks and not self.closed:
+            self.transport.pause_reading()
+        self.blocks |= bit
+
+    def unblock_read(self, bit: int) -> None:
+        if self.blocks & bit:
+            self.blocks &= ~bit
+            if not self.blocks and not self.closed and not self.closing:
+                self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self.closing = True
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def must_close(self, ex: Exchange) -> bool:
+        return (
+            not ex.keep_alive
+            or self.server.draining
+            or self.requests >= self.limits.keepalive_requests
+            or (self.closing and len(self.queue) <= 1)
+        )
+
+    # --- pipeline ----------------------------------------------------------------------------
+    def finished(self, ex: Exchange) -> None:
+        """`ex` wrote its whole response (or gave up): close or go on with the next request."""
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        elif ex in self.queue:
+            self.queue.remove(ex)
+        if self.closed:
+            return
+        if ex.close_after:
+            self.closed = True
+            self.closing = True
+            self.transport.close()
+            return
+        if self.queue:
+            self.unblock_read(BLOCK_PIPE)
+            self.queue[0].start()
+            return
+        self.unblock_read(BLOCK_PIPE)
+        if self.closing:
+            self.closed = True
+            self.transport.close()
+        elif self.parsing is None and not self.in_head:
+            self._arm_idle()
+
+    def reject(self, reason: str) -> None:
+        """A request that cannot be served: answer in order, then close."""
+        self._stop_reading()
+        if self.parsing is not None:
+            ex = self.parsing
+            self.parsing = None
+            ex.client_error(reason)
+            return
+        ex = Exchange(self, self._bare_request())
+        ex.local = reason
+        self._enqueue(ex)
+
+    def _enqueue(self, ex: Exchange) -> None:
+        self.queue.append(ex)
+        self.server.in_flight += 1
+        if len(self.queue) == 1:
+            ex.start()
+        else:
+            self.block_read(BLOCK_PIPE)
+
+    # --- timers ------------------------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        if self.server.draining:
+            self.closed = True
+            self.transport.close()
+            return
+        self.idle_timer = self.loop.call_later(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self.idle_timer = None
+        if not self.queue and self.parsing is None and not self.in_head:
+            self.closing = True
+            self.closed = True
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if not self.queue and self.parsing is None and not self.in_head and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.parsing is None and not self.closing:
+            self.reject("request_timeout")
+
+    def _body_check(self) -> None:
+        self.body_timer = None
+        ex = self.parsing
+        if ex is None or self.closed:
+            return
+        limit = self.limits.body_timeout
+        idle = self.loop.time() - self.last_body
+        if self.blocks:
+            idle = 0.0  # we stopped reading: the client is not the slow one
+            self.last_body = self.loop.time()
+        if idle >= limit:
+            self.parsing = None
+            self._stop_reading()
+            ex.client_error("request_timeout")
+            return
+        self.body_timer = self.loop.call_later(limit - idle, self._body_check)
+
+    # --- httptools callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url_done = False
+        self.url = b""
+        self.headers: list[hdr.Header] = []
+        self.hsize = 0
+        self.hosts = 0
+        self.cl: list[bytes] = []
+        self.te: list[bytes] = []
+        self.conn_values: list[bytes] = []
+        self.expect: bytes | None = None
+        self.xff: bytes | None = None
+        self.rid: bytes | None = None
+        self.xfp: bytes | None = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_LINE:
+            raise _Reject("uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # chunked trailers are not forwarded
+        self.url_done = True
+        self.hsize += len(name) + len(value) + 4
+        if len(self.headers) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
+            raise _Reject("headers_too_large")
+        if self.hsize > MAX_HEADERS_TOTAL:
+            raise _Reject("headers_too_large")
+        lname = name.lower()
+        if b"_" in lname:
+            return
+        if lname in _SPECIAL:
+            self._special(lname, value)
+        self.headers.append((lname, name, value))
+
+    def _special(self, lname: bytes, value: bytes) -> None:
+        if lname == b"host":
+            self.hosts += 1
+        elif lname == b"content-length":
+            self.cl.append(value)
+        elif lname == b"transfer-encoding":
+            self.te.append(value)
+        elif lname == b"connection":
+            self.conn_values.append(value)
+        elif lname == b"expect":
+            self.expect = value if self.expect is None else b"\x00"
+        elif lname == b"x-forwarded-for":
+            self.xff = value if self.xff is None else self.xff + b", " + value
+        elif lname == b"x-request-id":
+            self.rid = value
+        elif lname == b"x-forwarded-proto":
+            self.xfp = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.url_done = True
+        self.head_size = 0
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+        self.requests += 1
+        req = self._request()
+        ex = Exchange(self, req)
+        if ex.local is None:
+            ex.prepare(self.server.get_table(), self._decide_headers(), self.expect)
+        if ex.chunked or ex.content_length:
+            self.parsing = ex
+            self.last_body = self.loop.time()
+            self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
+        self._enqueue(ex)
+        if ex.local in CLOSING:
+            self.parsing = None
+            self._stop_reading()
+            raise _Stop
+
+    def _request(self) -> dict[str, Any]:
+        p = self.parser
+        method = p.get_method()
+        http10 = p.get_http_version() == "1.0"
+        error = self._framing_error(method, http10)
+        if self.rid is not None and hdr.valid_request_id(self.rid):
+            rid = self.rid
+        else:
+            rid = uuid.uuid4().hex.encode()
+        trusted = self.limits.trusted_hops
+        return {
+            "method": method,
+            "target": self.url,
+            "http10": http10,
+            "keep_alive": p.should_keep_alive(),
+            "headers": self.headers,
+            "content_length": int(self.cl[0]) if self.cl and error is None else None,
+            "chunked": bool(self.te) and error is None,
+            "request_id": rid,
+            "client_ip": hdr.client_address(self.peer, self.xff, trusted),
+            "connection": hdr.nominated(self.conn_values),
+            "xff": hdr.forwarded_for(self.xff, self.peer),
+            "proto": self.xfp if trusted > 0 and self.xfp else b"http",
+            "has_host": self.hosts == 1,
+            "error": error,
+        }
+
+    def _framing_error(self, method: bytes, http10: bool) -> str | None:
+        if method == b"CONNECT":
+            return "method_not_allowed"
+        if self.hosts > 1 or (self.hosts == 0 and not http10):
+            return "bad_request"
+        if len(self.cl) > 1 or (self.cl and self.te):
+            return "bad_request"
+        if self.cl and not self.cl[0].isdigit():
+            return "bad_request"
+        if self.te and (http10 or len(self.te) > 1 or self.te[0].strip().lower() != b"chunked"):
+            return "bad_request"
+        if not self.url.startswith(b"/") and not self.url.startswith(b"http") and self.url != b"*":
+            return "bad_request"
+        return None
+
+    def _bare_request(self) -> dict[str, Any]:
+        return {
+            "method": b"GET",
+            "target": b"",
+            "http10": False,
+            "keep_alive": False,
+            "headers": [],
+            "content_length": None,
+            "chunked": False,
+            "request_id": uuid.uuid4().hex.encode(),
+            "client_ip": self.peer,
+            "connection": frozenset(),
+            "xff": b"",
+            "proto": b"http",
+            "has_host": False,
+            "error": None,
+        }
+
+    def _decide_headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for lname, _, value in self.headers:
+            name = lname.decode("latin-1")
+            v = value.decode("latin-1")
+            out[name] = out[name] + ", " + v if name in out else v
+        return out
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            self.last_body = self.loop.time()
+            ex.client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        if ex is not None:
+            ex.client_done()
+        elif self.queue:
+            self.queue[-1].req_done = True
+        if not self.parser.should_keep_alive():
+            self._stop_reading()
+
+
+_SPECIAL = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"x-forwarded-proto",
+    }
+)
+
+
+class ProxyServer:
+    """The listening side of the data plane."""
+
+    def __init__(
+        self,
+        get_table: Callable[[], Any],
+        pools: Pools,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        limits: Limits,
+    ) -> None:
+        self.get_table = get_table
+        self.pools = pools
+        self.metrics = metrics
+        self.access_log = access_log
+        self.limits = limits
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self.connections: set[ClientConnection] = set()
+        self.in_flight = 0
+        self.draining = False
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(
+        self, host: str, port: int, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        if sock is not None:
+            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock)
+        else:
+            srv = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None
+            )
+        self._server = srv
+        self.port = srv.sockets[0].getsockname()[1]
+
+    def record(self, ex: Exchange, code: int, seconds: float) -> None:
+        """Count and log a finished exchange."""
+        self.in_flight -= 1
+        route = ex.route
+        name = route.name if route is not None else ""
+        if self.metrics is not None:
+            service = (route.service or route.name) if route is not None else ""
+            self.metrics.observe(name, service, ex.subset, code, seconds)
+        if self.access_log is not None:
+            self.access_log.log(ex, name, code, seconds)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; in-flight requests finish with `Connection: close`; idle ones close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        self.connections.clear()
+        if self._server is not None:
+            await self._server.wait_closed()

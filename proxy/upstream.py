@@ -1,0 +1,343 @@
+"""Per-subset keep-alive pools: round-robin, passive health, connection and request limits.
+
+One `UpstreamPool` per Subset (config `Upstream`). A request `acquire`s a connection through
+a callback (no task per request: an idle connection is handed over synchronously; only a new
+connection costs a task), writes to it, and the connection returns itself to the pool once its
+response was read to the end without any protocol error. Anything else closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from proxy.config.schema import Config, Upstream
+from proxy.dataplane_upconn import UpstreamConnection
+
+log = logging.getLogger(__name__)
+
+EJECT_AFTER = 5  # consecutive gateway failures
+EJECT_BASE = 30.0
+EJECT_MAX = 300.0
+
+# Failure reasons handed to an acquire callback.
+NO_HEALTHY = "no_healthy_upstream"
+OVERLOADED = "overloaded"
+CONNECT_REFUSED = "upstream_connect_refused"
+CONNECT_TIMEOUT = "upstream_connect_timeout"
+
+AcquireCallback = Callable[["UpstreamConnection | None", "Endpoint | None", str], None]
+
+
+class Metrics(Protocol):
+    def upstream_error(self, version: str, reason: str) -> None: ...
+
+
+class Endpoint:
+    """One host:port of a Subset, with its health and its idle connections (LIFO)."""
+
+    __slots__ = ("address", "host", "port", "healthy", "ejected_until", "failures", "ejections")
+    __slots__ += ("idle", "active")
+
+    def __init__(self, address: str, healthy: bool = True) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.healthy = healthy
+        self.ejected_until = 0.0
+        self.failures = 0
+        self.ejections = 0
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+
+class UpstreamPool:
+    """Connections to one Subset's endpoints."""
+
+    def __init__(self, upstream: Upstream, healthy: dict[str, bool] | None = None) -> None:
+        self.upstream = upstream
+        self.name = upstream.name
+        start = healthy or {}
+        self.endpoints = [Endpoint(a, start.get(a, True)) for a in upstream.endpoints]
+        self._rr = 0
+        self.connections = 0  # connecting + active + idle
+        self.in_flight = 0  # requests holding a slot
+        self._pending: deque[tuple[AcquireCallback, Endpoint | None, asyncio.TimerHandle]] = deque()
+        self.draining = False
+        self._loop_: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Bound on first use: a pool may be built before the event loop runs.
+        if self._loop_ is None:
+            self._loop_ = asyncio.get_running_loop()
+        return self._loop_
+
+    # --- choosing an endpoint -------------------------------------------------------------
+    def _pick(self, exclude: Endpoint | None) -> Endpoint | None:
+        now = self._loop.time()
+        eps = self.endpoints
+        n = len(eps)
+        fallback = None
+        for i in range(n):
+            ep = eps[(self._rr + i) % n]
+            if not ep.healthy or ep.ejected(now):
+                continue
+            if ep is exclude and n > 1:
+                fallback = ep
+                continue
+            self._rr = (self._rr + i + 1) % n
+            return ep
+        return fallback
+
+    # --- acquire / release ------------------------------------------------------------------
+    def acquire(
+        self, cb: AcquireCallback, exclude: Endpoint | None = None, fresh: bool = False
+    ) -> None:
+        """Call `cb(conn, endpoint, "")` with a ready connection, or `cb(None, ep, reason)`.
+
+        `exclude`: an endpoint to avoid when another is eligible (retries); `fresh`: open a new
+        connection instead of reusing an idle one.
+        """
+        if self.in_flight >= self.upstream.max_requests:
+            cb(None, None, OVERLOADED)
+            return
+        ep = self._pick(exclude)
+        if ep is None:
+            cb(None, None, NO_HEALTHY)
+            return
+        self.in_flight += 1
+        self._give(ep, cb, fresh)
+
+    def _give(self, ep: Endpoint, cb: AcquireCallback, fresh: bool = False) -> None:
+        now = self._loop.time()
+        while ep.idle and not fresh:
+            conn = ep.idle.pop()
+            if conn.usable(now, self.upstream.idle_timeout):
+                ep.active += 1
+                cb(conn, ep, "")
+                return
+            conn.close()
+        if self.connections >= self.upstream.max_connections:
+            self._queue(cb, ep)
+            return
+        self._connect(ep, cb)
+
+    def _queue(self, cb: AcquireCallback, ep: Endpoint) -> None:
+        if len(self._pending) >= self.upstream.max_pending:
+            self.in_flight -= 1
+            cb(None, ep, OVERLOADED)
+            return
+        entry: list = []
+        timer = self._loop.call_later(self.upstream.queue_timeout, self._queue_timeout, entry)
+        item = (cb, ep, timer)
+        entry.append(item)
+        self._pending.append(item)
+
+    def _queue_timeout(self, entry: list) -> None:
+        try:
+            self._pending.remove(entry[0])
+        except ValueError:
+            return
+        self.in_flight -= 1
+        entry[0][0](None, entry[0][1], OVERLOADED)
+
+    def _serve_pending(self) -> None:
+        while self._pending and self.connections < self.upstream.max_connections:
+            cb, ep, timer = self._pending.popleft()
+            timer.cancel()
+            self._give(ep, cb)
+        while self._pending:
+            cb, ep, timer = self._pending[0]
+            if not ep.idle:
+                return
+            self._pending.popleft()
+            timer.cancel()
+            self._give(ep, cb)
+
+    def _connect(self, ep: Endpoint, cb: AcquireCallback) -> None:
+        self.connections += 1
+        ep.active += 1
+        task = self._loop.create_task(self._open(ep, cb))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        _quiet(task)
+
+    async def _open(self, ep: Endpoint, cb: AcquireCallback) -> None:
+        loop = self._loop
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, ep), ep.host, ep.port),
+                self.upstream.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            self.connections -= 1
+            ep.active -= 1
+            self.in_flight -= 1
+            reason = CONNECT_TIMEOUT if isinstance(exc, asyncio.TimeoutError) else CONNECT_REFUSED
+            self._serve_pending()
+            cb(None, ep, reason)
+            return
+        cb(conn, ep, "")
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """The request is done with `conn`; keep it idle only if `reusable`."""
+        ep = conn.endpoint
+        ep.active -= 1
+        self.in_flight -= 1
+        if reusable and not self.draining and not conn.closed:
+            conn.idle_since = self._loop.time()
+            ep.idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(self._sweep_every(), self._sweep)
+        else:
+            conn.pool_owned = False
+            conn.close()
+        self._serve_pending()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed (by either side): drop it from the counts."""
+        self.connections -= 1
+        try:
+            conn.endpoint.idle.remove(conn)
+        except ValueError:
+            pass
+        self._serve_pending()
+
+    def cancel(self) -> None:
+        """Give back a slot for a request that got no connection (e.g. it was abandoned)."""
+        self.in_flight -= 1
+
+    # --- passive health ---------------------------------------------------------------------
+    def report(self, ep: Endpoint, ok: bool) -> None:
+        """Count a gateway failure (connect fail/reset/502-504 made by us) or a success."""
+        if ok:
+            ep.failures = 0
+            return
+        ep.failures += 1
+        if ep.failures < EJECT_AFTER:
+            return
+        now = self._loop.time()
+        others = [e for e in self.endpoints if e is not ep and e.healthy and not e.ejected(now)]
+        if not others:
+            return  # never eject the last endpoint left
+        ep.ejected_until = now + min(EJECT_BASE * (2**ep.ejections), EJECT_MAX)
+        ep.ejections += 1
+        ep.failures = 0
+        log.warning("ejected %s of %s until +%.0fs", ep.address, self.name, ep.ejected_until - now)
+
+    # --- maintenance ------------------------------------------------------------------------
+    def _sweep_every(self) -> float:
+        return max(0.05, min(self.upstream.idle_timeout / 2, 5.0))
+
+    def _sweep(self) -> None:
+        """Close idle connections older than idle_timeout; re-arm while any are idle."""
+        self._sweeper = None
+        now = self._loop.time()
+        idle = 0
+        for ep in self.endpoints:
+            for conn in [c for c in ep.idle if not c.usable(now, self.upstream.idle_timeout)]:
+                ep.idle.remove(conn)
+                conn.close()
+            idle += len(ep.idle)
+        if idle:
+            self._sweeper = self._loop.call_later(self._sweep_every(), self._sweep)
+
+    def drain(self) -> None:
+        """Stop reusing connections: idle ones close now, active ones after their response."""
+        self.draining = True
+        for ep in self.endpoints:
+            while ep.idle:
+                ep.idle.pop().close()
+
+    def close(self) -> None:
+        self.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._pending:
+            cb, ep, timer = self._pending.popleft()
+            timer.cancel()
+            self.in_flight -= 1
+            cb(None, ep, OVERLOADED)
+
+    def status(self) -> dict:
+        now = self._loop_.time() if self._loop_ is not None else 0.0
+        eps = [
+            {
+                "address": e.address,
+                "healthy": e.healthy,
+                "ejected": e.ejected(now),
+                "active": e.active,
+                "idle": len(e.idle),
+            }
+            for e in self.endpoints
+        ]
+        return {"name": self.name, "endpoints": eps, "in_flight": self.in_flight}
+
+
+def _quiet(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("upstream connect task failed", exc_info=task.exception())
+
+
+class Pools:
+    """All Subsets' pools; `update` on reload keeps unchanged pools and drains removed ones."""
+
+    def __init__(self, config: Config) -> None:
+        self._pools: dict[str, UpstreamPool] = {u.name: UpstreamPool(u) for u in config.upstreams}
+        self._old: list[UpstreamPool] = []
+
+    def pool(self, subset: str) -> UpstreamPool | None:
+        return self._pools.get(subset)
+
+    def update(self, config: Config) -> None:
+        new: dict[str, UpstreamPool] = {}
+        for u in config.upstreams:
+            old = self._pools.get(u.name)
+            if old is not None and old.upstream == u:
+                new[u.name] = old
+                continue
+            new[u.name] = UpstreamPool(u, self._start_health(old, u))
+        for name, old in self._pools.items():
+            if new.get(name) is not old:
+                old.drain()
+                self._old.append(old)
+        self._pools = new
+        self._old = [p for p in self._old if p.connections > 0]
+
+    @staticmethod
+    def _start_health(old: UpstreamPool | None, u: Upstream) -> dict[str, bool]:
+        """Known endpoints keep their health; added ones with a health check wait for it."""
+        known = {e.address: e.healthy for e in old.endpoints} if old else {}
+        if u.health_check is None:
+            return known
+        return {a: known.get(a, False) for a in u.endpoints}
+
+    def set_health(self, subset: str, address: str, healthy: bool) -> None:
+        pool = self._pools.get(subset)
+        if pool is None:
+            return
+        for ep in pool.endpoints:
+            if ep.address == address:
+                ep.healthy = healthy
+
+    def status(self) -> list[dict]:
+        return [p.status() for p in self._pools.values()]
+
+    def close(self) -> None:
+        for p in [*self._pools.values(), *self._old]:
+            p.close()
+        self._old = []
