@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 audit = logging.getLogger("canaryproxy.audit")
 MAX_BODY = 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+AUDIT_RESULT = web.RequestKey("audit_result", str)
 VERBS = ("start", "promote", "abort", "pause", "resume")
 DASHBOARD = os.path.join(os.path.dirname(__file__), "dashboard.html")
 _FALLBACK_PAGE = (
@@ -185,8 +186,7 @@ def auth_middleware(get_token: Callable[[], str]) -> Any:
             given = request.headers.get("Authorization", "")
             expected = "Bearer " + token
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                if request.method in ("POST", "PUT"):
-                    _audit(request, 401, "unauthorized")
+                request[AUDIT_RESULT] = "unauthorized"
                 return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
@@ -207,7 +207,7 @@ async def audit_mutations(request: web.Request, handler: Handler) -> web.StreamR
     if request.method not in ("POST", "PUT") or request.path == "/api/v1/explain":
         return await handler(request)
     resp = await handler(request)
-    result = request.get("audit_result", "ok" if resp.status < 400 else "refused")
+    result = request.get(AUDIT_RESULT, "ok" if resp.status < 400 else "refused")
     _audit(request, resp.status, result)
     return resp
 
@@ -223,7 +223,7 @@ class AdminAPI:
 
     def build(self) -> web.Application:
         app = web.Application(
-            middlewares=[errors_as_json, auth_middleware(self.ctl.token), audit_mutations],
+            middlewares=[audit_mutations, errors_as_json, auth_middleware(self.ctl.token)],
             client_max_size=MAX_BODY,
         )
         r = app.router
@@ -267,7 +267,7 @@ class AdminAPI:
         await read_json(request)
         out = self.ctl.reload()
         if out.get("error"):
-            request["audit_result"] = "rejected"
+            request[AUDIT_RESULT] = "rejected"
             return web.json_response(out, status=400)
         return web.json_response(out)
 

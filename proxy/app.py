@@ -99,6 +99,7 @@ class App:
         self._server: Any = None
         self._runner: web.AppRunner | None = None
         self._watcher: Any = None
+        self._access_log: Any = None
         self.health = HealthChecker(self._on_health)
 
     # -- startup and shutdown --------------------------------------------------------
@@ -155,7 +156,7 @@ class App:
         if config.access_log:
             from proxy.accesslog import AccessLog
 
-            access_log = AccessLog(config.access_log)
+            access_log = self._access_log = AccessLog(config.access_log)
         sock = bind(config.listen)
         self.proxy_port = sock.getsockname()[1]
         self._server = ProxyServer(
@@ -187,7 +188,7 @@ class App:
 
     async def stop(self) -> None:
         if self._watcher is not None:
-            self._watcher.stop()
+            await self._watcher.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,6 +201,8 @@ class App:
             await self._server.close()
         if hasattr(self, "pools"):
             self.pools.close()
+        if self._access_log is not None:
+            self._access_log.close()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -260,11 +263,13 @@ class App:
         same_match = match_from_json(head["canary_match"]) == self.routing.canary_match
         return head["weights"] != self.table.weights() or not same_match
 
-    def _on_file_change(self, *_: object) -> None:
+    async def _on_file_change(self) -> None:
         self.reload()
 
     def reload(self) -> dict:
         """Re-read the file; a bad file changes nothing and is counted as rejected."""
+        if self._watcher is not None:
+            self._watcher.mark_loaded()  # the watcher need not fire again for this content
         text, text_hash, errors = self._read_file()
         if text_hash and text_hash in (self._hash, self._bad_hash):
             if text_hash == self._bad_hash and self.last_reload_error:

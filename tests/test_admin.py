@@ -1,0 +1,190 @@
+"""Admin API against a real App: auth, every endpoint, bad input changing nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from test_app_helpers import TOKEN_ENV, Admin, config_text, proxy_get, running_app, upstreams
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+async def admin(tmp_path, monkeypatch) -> AsyncIterator[Admin]:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    async with upstreams() as (p1, p2):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(config_text(p1, p2, 90, 10))
+        async with running_app(cfg, tmp_path / "state") as app:
+            async with aiohttp.ClientSession() as s:
+                a = Admin(s, app, TOKEN)
+                a.app = app  # type: ignore[attr-defined]
+                yield a
+
+
+async def test_probes_and_metrics_need_no_token(admin: Admin) -> None:
+    for path in ("/healthz", "/readyz"):
+        status, _ = await admin.call("GET", path, token="")
+        assert status == 200
+    status, text = await admin.call("GET", "/metrics", token="")
+    assert status == 200
+    assert 'canaryproxy_route_weight{route="default",version="v2"} 10.0' in str(text)
+
+
+@pytest.mark.parametrize("token", ["", "wrong", TOKEN + "x"])
+async def test_everything_else_needs_the_token(admin: Admin, token: str) -> None:
+    for method, path in [
+        ("GET", "/api/v1/status"),
+        ("GET", "/"),
+        ("GET", "/api/v1/history"),
+        ("POST", "/api/v1/reload"),
+        ("POST", "/api/v1/undo"),
+    ]:
+        status, body = await admin.call(method, path, token=token)
+        assert status == 401, path
+        assert "token" in body["error"]  # type: ignore[index]
+    status, _ = await admin.call(
+        "PUT", "/api/v1/routes/default/weights", {"v1": 0, "v2": 1}, token=token
+    )
+    assert status == 401
+    _, st = await admin.call("GET", "/api/v1/status")
+    assert st["routes"][0]["weights"] == {"v1": 90.0, "v2": 10.0}  # type: ignore[index]
+
+
+async def test_status_shows_routes_weights_upstreams(admin: Admin) -> None:
+    status, st = await admin.call("GET", "/api/v1/status")
+    assert status == 200
+    assert isinstance(st, dict)
+    assert st["revision"] == 1 and st["last_reload_error"] is None
+    route = st["routes"][0]
+    assert route["name"] == "default" and route["weights"] == {"v1": 90.0, "v2": 10.0}
+    assert set(route["versions"]) == {"v1", "v2"}
+    assert {u["name"] for u in st["upstreams"]} == {"v1", "v2"}
+
+
+async def test_mutations_only_by_post_or_put(admin: Admin) -> None:
+    for method, path in [
+        ("GET", "/api/v1/reload"),
+        ("GET", "/api/v1/undo"),
+        ("POST", "/api/v1/routes/default/weights"),
+        ("GET", "/api/v1/routes/default/switch"),
+        ("DELETE", "/api/v1/status"),
+    ]:
+        status, body = await admin.call(method, path)
+        assert status == 405, (method, path)
+        assert "error" in body  # type: ignore[operator]
+
+
+async def test_weights_move_traffic_and_record_a_revision(admin: Admin) -> None:
+    status, ans = await admin.call("PUT", "/api/v1/routes/default/weights", {"v2": 100})
+    assert status == 200
+    assert ans == {"revision": 2, "route": "default", "weights": {"v1": 0.0, "v2": 100.0}}
+    for _ in range(5):
+        assert await proxy_get(admin.s, admin.app) == (200, "v2")  # type: ignore[attr-defined]
+    _, hist = await admin.call("GET", "/api/v1/history")
+    assert [r["cause"] for r in hist["revisions"]] == ["reload", "weights"]  # type: ignore[index]
+
+
+BAD_WEIGHTS = [
+    ("/api/v1/routes/nope/weights", b'{"v1": 1}', "unknown route"),
+    ("/api/v1/routes/default/weights", b'{"v3": 1}', "no subset"),
+    ("/api/v1/routes/default/weights", b'{"v1": -1, "v2": 5}', ">= 0"),
+    ("/api/v1/routes/default/weights", b'{"v1": NaN, "v2": 5}', "finite"),
+    ("/api/v1/routes/default/weights", b'{"v1": Infinity}', "finite"),
+    ("/api/v1/routes/default/weights", b'{"v1": "90"}', "number"),
+    ("/api/v1/routes/default/weights", b'{"v1": true}', "number"),
+    ("/api/v1/routes/default/weights", b'{"v1": 0, "v2": 0}', "not all be 0"),
+    ("/api/v1/routes/default/weights", b'{"v1\\r\\nX-Evil: 1": 1}', "CR, LF"),
+    ("/api/v1/routes/default/weights", b"v1=90", "not valid JSON"),
+    ("/api/v1/routes/default/weights", b"", "JSON object"),
+    ("/api/v1/routes/default/weights", b"[1, 2]", "JSON object"),
+    ("/api/v1/routes/default/weights", b'{"v1": 1, "pad": "' + b"x" * (1 << 20) + b'"}', "over"),
+    ("/api/v1/routes/de%0d%0afault/weights", b'{"v1": 1}', "CR, LF"),
+]
+
+
+@pytest.mark.parametrize("path,raw,why", BAD_WEIGHTS, ids=[w for _, _, w in BAD_WEIGHTS])
+async def test_bad_weights_are_400_and_change_nothing(
+    admin: Admin, path: str, raw: bytes, why: str
+) -> None:
+    status, ans = await admin.call("PUT", path, raw=raw)
+    assert status == 400
+    assert why in ans["error"]  # type: ignore[index]
+    _, st = await admin.call("GET", "/api/v1/status")
+    assert st["revision"] == 1  # type: ignore[index]
+    assert st["routes"][0]["weights"] == {"v1": 90.0, "v2": 10.0}  # type: ignore[index]
+
+
+async def test_switch_moves_everything_and_back(admin: Admin) -> None:
+    status, ans = await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v2"})
+    assert status == 200 and ans["weights"] == {"v1": 0.0, "v2": 100.0}  # type: ignore[index]
+    _, st = await admin.call("GET", "/api/v1/status")
+    assert st["routes"][0]["live"] == ["v2"] and st["routes"][0]["idle"] == ["v1"]  # type: ignore[index]
+    status, ans = await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v1"})
+    assert ans["weights"] == {"v1": 100.0, "v2": 0.0}  # type: ignore[index]
+    for body in ({"to": "v9"}, {"to": ""}, {"subset": "v2"}, {"to": "v2\n"}):
+        status, _ = await admin.call("POST", "/api/v1/routes/default/switch", body)
+        assert status == 400, body
+    _, hist = await admin.call("GET", "/api/v1/history")
+    assert len(hist["revisions"]) == 3  # type: ignore[index]
+
+
+async def test_preview_header_reaches_the_idle_color(admin: Admin) -> None:
+    await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v1"})
+    app = admin.app  # type: ignore[attr-defined]
+    assert await proxy_get(admin.s, app) == (200, "v1")
+    assert await proxy_get(admin.s, app, headers={"x-canary-preview": "1"}) == (200, "v2")
+
+
+async def test_undo_restores_the_previous_revision(admin: Admin) -> None:
+    await admin.call("PUT", "/api/v1/routes/default/weights", {"v1": 50, "v2": 50})
+    await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v2"})
+    status, ans = await admin.call("POST", "/api/v1/undo")
+    assert status == 200 and ans["restored"] == 2  # type: ignore[index]
+    assert ans["weights"]["default"] == {"v1": 50.0, "v2": 50.0}  # type: ignore[index]
+    status, ans = await admin.call("POST", "/api/v1/undo", {"to_revision": 1})
+    assert ans["weights"]["default"] == {"v1": 90.0, "v2": 10.0}  # type: ignore[index]
+    for body in ({"to_revision": 99}, {"to_revision": 0}, {"to_revision": "1"}, {"x": 1}):
+        status, _ = await admin.call("POST", "/api/v1/undo", body)
+        assert status == 400, body
+    _, hist = await admin.call("GET", "/api/v1/history")
+    assert [r["cause"] for r in hist["revisions"]][-2:] == ["undo", "undo"]  # type: ignore[index]
+
+
+async def test_explain_names_the_route(admin: Admin) -> None:
+    status, ans = await admin.call(
+        "POST", "/api/v1/explain", {"method": "GET", "path": "/x", "headers": {"User-Id": "u1"}}
+    )
+    assert status == 200
+    assert "default" in str(ans)
+    status, _ = await admin.call("POST", "/api/v1/explain", {"path": 3})
+    assert status == 400
+
+
+async def test_unknown_canary_and_action_are_404(admin: Admin) -> None:
+    status, _ = await admin.call("POST", "/api/v1/canaries/nope/promote")
+    assert status == 404
+    status, _ = await admin.call("POST", "/api/v1/canaries/nope/explode")
+    assert status == 404
+
+
+async def test_dashboard_page(admin: Admin) -> None:
+    async with admin.s.get(admin.base + "/", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "canaryproxy" in (await r.text()).lower()
+
+
+async def test_one_audit_line_per_mutation(admin: Admin, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="canaryproxy.audit")
+    await admin.call("PUT", "/api/v1/routes/default/weights", {"v1": 1, "v2": 1})
+    await admin.call("PUT", "/api/v1/routes/default/weights", {"v1": -1})
+    await admin.call("POST", "/api/v1/undo", token="bad")
+    await admin.call("GET", "/api/v1/status")
+    lines = [r.getMessage() for r in caplog.records if r.name == "canaryproxy.audit"]
+    assert len(lines) == 3
+    assert "peer=127.0.0.1" in lines[0] and "status=200 result=ok" in lines[0]
+    assert "status=400 result=refused" in lines[1]
+    assert "status=401 result=unauthorized" in lines[2]
