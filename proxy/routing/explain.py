@@ -73,8 +73,9 @@ def _pick(cr: CompiledRoute, req: Request) -> dict[str, Any]:
         out["subset"], out["reason"] = split["subset"], "hash"
     elif cr.weighted.last < 0:
         out["subset"], out["reason"] = None, "no_weight"
-    else:
-        out["subset"], out["reason"] = None, "weights"
+    else:  # no draw is made: the subset is known only when one subset takes everything
+        only = next(iter(cr.live)) if len(cr.live) == 1 else None
+        out["subset"], out["reason"] = only, "weights"
     return out
 
 
