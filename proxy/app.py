@@ -83,8 +83,12 @@ def bind(listen: str) -> socket.socket:
 class App:
     """One proxy: data plane + admin API + controllers, started and stopped in-process."""
 
-    def __init__(self, config_path: str, state_dir: str = "./.canaryproxy") -> None:
+    def __init__(
+        self, config_path: str, state_dir: str = "./.canaryproxy", watch_interval: float = 1.0
+    ) -> None:
+        """`watch_interval` 0 turns the file watcher off (SIGHUP and the API still reload)."""
         self.config_path = config_path
+        self.watch_interval = watch_interval
         self.store = StateStore(state_dir)
         self.registry = CollectorRegistry()
         self.config: Config | None = None
@@ -173,12 +177,14 @@ class App:
         await web.SockSite(self._runner, sock).start()
 
     def _start_watch(self) -> None:
+        if self.watch_interval <= 0:
+            return
         try:
             from proxy.config.watch import ConfigWatcher
         except ImportError:
             log.warning("config file watching unavailable; reload with SIGHUP or the API")
             return
-        self._watcher = ConfigWatcher(self.config_path, self._on_file_change, 1.0)
+        self._watcher = ConfigWatcher(self.config_path, self._on_file_change, self.watch_interval)
         self._watcher.start()
 
     async def drain(self, timeout: float) -> None:

@@ -72,8 +72,8 @@ async def upstreams(delay: float = 0.0) -> AsyncIterator[tuple[int, int]]:
 
 
 @asynccontextmanager
-async def running_app(config: Path, state: Path) -> AsyncIterator[App]:
-    app = App(str(config), str(state))
+async def running_app(config: Path, state: Path, watch: float = 0) -> AsyncIterator[App]:
+    app = App(str(config), str(state), watch_interval=watch)
     await app.start()
     try:
         yield app
