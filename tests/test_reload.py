@@ -18,7 +18,6 @@ from test_app_helpers import (
     write,
 )
 
-
 EXTRA = "metrics: {compat: [http]}\n"
 
 
