@@ -9,6 +9,7 @@ request fails) so that a 5 % error rate is exactly 5 % in every window of 20 req
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -62,11 +63,11 @@ class Upstream:
     async def start(self, port: int = 0) -> Upstream:
         self._runner = web.AppRunner(make_app(self.behaviour), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = int(server.sockets[0].getsockname()[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        self.port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
         return self
 
     @property
