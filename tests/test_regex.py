@@ -13,6 +13,8 @@ VALID = [
     r"\\1",  # an escaped backslash then "1": not a backreference
     r"(?P<id>[0-9]+)",
     r"(?:ab)+",
+    r".*[02468]$",  # the release-strategies guide's A/B patterns
+    r".*ab_test=version_a.*",
 ]
 
 REJECTED = [

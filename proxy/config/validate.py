@@ -743,11 +743,26 @@ def canary(ctx: Ctx, value: object, path: str) -> Any:
     if c.route and c.route not in ctx.routes:
         hint = did_you_mean(c.route, list(ctx.routes))
         ctx.err(join(path, "route"), f'unknown route "{c.route}"{hint}')
+    elif c.route:
+        _check_in_route(ctx, c, ctx.routes[c.route], path)
     if c.stable and c.stable == c.canary:
         ctx.err(join(path, "canary"), f'must differ from stable ("{c.stable}")')
     given = value.get("analysis") if isinstance(value, dict) else None
     _check_mode(ctx, c, given if isinstance(given, dict) else {}, join(path, "analysis"))
     return c
+
+
+def _check_in_route(ctx: Ctx, c: s.Canary, r: s.Route, path: str) -> None:
+    """The routing table shifts weights among a route's destinations only."""
+    subsets = [d.subset for d in r.destinations]
+    for key in ("stable", "canary"):
+        subset = getattr(c, key)
+        if subset and subset in ctx.upstreams and subset not in subsets:
+            ctx.err(
+                join(path, key),
+                f'"{subset}" is not a destination of route "{r.name}" '
+                f"(add {{destination: {subset}, weight: 0}})",
+            )
 
 
 def _check_mode(ctx: Ctx, c: s.Canary, given: dict, path: str) -> None:
