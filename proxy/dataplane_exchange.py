@@ -32,6 +32,7 @@ class Exchange:
         self.client = client
         self.loop = client.loop
         self.t0 = self.loop.time()
+        self.seq = client.requests  # position on its client connection
         self.method: bytes = req["method"]
         self.target: bytes = req["target"]
         self.http10: bool = req["http10"]

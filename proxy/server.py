@@ -167,7 +167,7 @@ class ClientConnection(asyncio.Protocol):
         return (
             not ex.keep_alive
             or self.server.draining
-            or self.requests >= self.limits.keepalive_requests
+            or ex.seq >= self.limits.keepalive_requests
             or (self.closing and len(self.queue) <= 1)
         )
 
@@ -330,6 +330,9 @@ class ClientConnection(asyncio.Protocol):
             self.last_body = self.loop.time()
             self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
         self._enqueue(ex)
+        if self.requests >= self.limits.keepalive_requests and self.parsing is None:
+            self._stop_reading()
+            raise _Stop
         if ex.local in CLOSING:
             self.parsing = None
             self._stop_reading()
@@ -418,7 +421,7 @@ class ClientConnection(asyncio.Protocol):
             ex.client_done()
         elif self.queue:
             self.queue[-1].req_done = True
-        if not self.parser.should_keep_alive():
+        if not self.parser.should_keep_alive() or self.requests >= self.limits.keepalive_requests:
             self._stop_reading()
 
 

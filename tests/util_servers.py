@@ -57,7 +57,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         {
             "method": request.method,
-            "path": request.path_qs,
+            "path": request.raw_path,
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_len": len(body),
             "body": body[:1024].decode("latin-1"),
