@@ -90,9 +90,10 @@ def pick_random(wt: Weighted, rnd: float) -> str | None:
     """Subset for a uniform draw `rnd` in [0, 1); None when every weight is 0."""
     if wt.last < 0:
         return None
+    x = rnd * wt.total if rnd > 0.0 else 0.0
     # bisect_right skips zero-weight subsets: their cumulative sum equals the previous one.
-    i = bisect_right(wt.cumulative, max(rnd, 0.0) * wt.total)
-    return wt.subsets[min(i, wt.last)]
+    i = bisect_right(wt.cumulative, x)
+    return wt.subsets[i if i < wt.last else wt.last]
 
 
 def bucket_of(salt: str, key: str) -> int:

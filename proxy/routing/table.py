@@ -28,7 +28,7 @@ from proxy.config.schema import (
     Retries,
     Route,
 )
-from proxy.routing.match import CompiledRule, Request, compile_rules
+from proxy.routing.match import Check, CompiledRule, Request, compile_rules, rules_test
 from proxy.routing.split import (
     Weighted,
     bucket_of,
@@ -88,6 +88,20 @@ class CompiledRoute:
     mirror_percent: float
     canary_subset: str | None
     canary_rules: tuple[CompiledRule, ...]
+    test: Check | None  # the whole match list as one callable; None: every request
+    canary_test: Check | None
+    # Decisions are immutable and drawn from a small set per route: built once, then shared
+    # (a frozen dataclass costs ~0.4 us to construct).
+    decisions: dict[tuple[str | None, str | None, str | None, str], Decision]
+
+    def decision(
+        self, subset: str | None, cookie: str | None, mirror: str | None, reason: str
+    ) -> Decision:
+        key = (subset, cookie, mirror, reason)
+        d = self.decisions.get(key)
+        if d is None:
+            d = self.decisions[key] = Decision(self, subset, cookie, mirror, reason)
+        return d
 
     def __repr__(self) -> str:
         return f"CompiledRoute({self.name!r})"
@@ -122,6 +136,8 @@ def compile_route(route: Route, config: Config, overrides: Overrides) -> Compile
     wt = build_weighted(subsets, _effective_weights(route, overrides))
     sticky = route.sticky
     canary = overrides.canary_match.get(route.name)
+    rules = compile_rules(route.match, config.identity)
+    canary_rules = compile_rules(canary[1], config.identity) if canary else ()
     return CompiledRoute(
         name=route.name,
         service=route.service or route.name,
@@ -132,7 +148,7 @@ def compile_route(route: Route, config: Config, overrides: Overrides) -> Compile
         headers=route.headers,
         dest_headers={d.subset: d.headers for d in route.destinations},
         route=route,
-        rules=compile_rules(route.match, config.identity),
+        rules=rules,
         weighted=wt,
         live=frozenset(s for s, w in zip(subsets, wt.weights, strict=True) if w > 0),
         split_by=route.split.by,
@@ -146,7 +162,10 @@ def compile_route(route: Route, config: Config, overrides: Overrides) -> Compile
         mirror_to=route.mirror.destination if route.mirror else None,
         mirror_percent=route.mirror.percent if route.mirror else 0.0,
         canary_subset=canary[0] if canary else None,
-        canary_rules=compile_rules(canary[1], config.identity) if canary else (),
+        canary_rules=canary_rules,
+        test=rules_test(rules),
+        canary_test=rules_test(canary_rules) if canary_rules else None,
+        decisions={},
     )
 
 
@@ -180,29 +199,22 @@ def _mirror(cr: CompiledRoute, subset: str | None, rnd: float) -> str | None:
     return to if mirror_hit(rnd, cr.mirror_percent) else None
 
 
-def _any(rules: tuple[CompiledRule, ...], req: Request) -> bool:
-    for rule in rules:
-        if rule.matches(req):
-            return True
-    return False
-
-
 def choose(cr: CompiledRoute, req: Request, rnd: float) -> Decision:
     """Pick the subset inside a matched route (order in the module docstring)."""
-    if cr.canary_subset is not None and _any(cr.canary_rules, req):
+    if cr.canary_test is not None and cr.canary_test(req):
         sub = cr.canary_subset
-        return Decision(cr, sub, None, _mirror(cr, sub, rnd), CANARY_MATCH)
+        return cr.decision(sub, None, _mirror(cr, sub, rnd), CANARY_MATCH)
     if cr.preview is not None and cr.idle is not None:
         if req.headers.get(cr.preview[0]) == cr.preview[1]:
-            return Decision(cr, cr.idle, None, None, PREVIEW)
+            return cr.decision(cr.idle, None, None, PREVIEW)
     pinned = None
     if cr.sticky_cookie is not None:
         pinned = req.cookies().get(cr.sticky_cookie)
         if pinned in cr.live:
-            return Decision(cr, pinned, None, _mirror(cr, pinned, rnd), STICKY)
+            return cr.decision(pinned, None, _mirror(cr, pinned, rnd), STICKY)
     subset, reason = _split(cr, req, rnd)
     cookie = cr.set_cookies.get(subset) if subset is not None and subset != pinned else None
-    return Decision(cr, subset, cookie, _mirror(cr, subset, rnd), reason)
+    return cr.decision(subset, cookie, _mirror(cr, subset, rnd), reason)
 
 
 class RoutingTable:
@@ -222,7 +234,8 @@ class RoutingTable:
         """Route and subset for one request; headers have lower-case names."""
         req = Request(method, target, headers, client_ip)
         for cr in self.routes:
-            if not cr.rules or _any(cr.rules, req):
+            test = cr.test
+            if test is None or test(req):
                 return choose(cr, req, rnd)
         return NOT_FOUND
 
