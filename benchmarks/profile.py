@@ -1,0 +1,127 @@
+"""`python -m benchmarks.profile [--scenario small] [--seconds 10]`: where our CPU goes.
+
+Starts the upstream pair and our proxy (pinned as in the benchmark), drives it with wrk at
+64 connections and samples it with py-spy (`pip install py-spy`; needs ptrace rights).
+Writes the collapsed stacks (`profile-<scenario>.txt`, for flamegraph tools) and prints the
+share of samples per part of the request path: the own (leaf) time of each function,
+grouped by the file it lives in, plus the top leaf functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import procs, proxies, scenarios, wrk
+from benchmarks.run import DEFAULT_OUT
+
+NATIVE: list[str] = []  # ["--native"] also samples C frames (uvloop, httptools, the kernel entry)
+
+
+def record(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        "500",
+        "--format",
+        "raw",
+        *(NATIVE or ["--nonblocking"]),
+        "--output",
+        str(out),
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _frame_file(frame: str) -> str:
+    # a raw frame reads "func (path/to/file.py:123)"
+    if "(" not in frame:
+        return frame
+    where = frame.rsplit("(", 1)[1].rstrip(")")
+    return where.split(":")[0]
+
+
+def summarize(collapsed: str, top: int = 25) -> str:
+    """Own-time share per file and per leaf function, from py-spy's collapsed stacks."""
+    by_file: collections.Counter[str] = collections.Counter()
+    by_func: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        n = int(count)
+        total += n
+        by_file[_short(_frame_file(leaf))] += n
+        by_func[_short(leaf)] += n
+    lines = [f"samples: {total}", "", "own time by file:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in by_file.most_common(top)]
+    lines += ["", "own time by function:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in by_func.most_common(top)]
+    return "\n".join(lines)
+
+
+def _short(text: str) -> str:
+    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+        if marker in text:
+            head, _, tail = text.partition(marker)
+            text = head.rsplit("(", 1)[0] + "(" + tail if "(" in head else tail
+    return text
+
+
+def run(scenario: str, seconds: int, out: Path) -> str:
+    procs.install_cleanup()
+    s = scenarios.by_name((scenario,))[0]
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / f"profile-{scenario}.txt"
+    with tempfile.TemporaryDirectory(prefix="canaryproxy-prof-") as tmp:
+        d = Path(tmp)
+        up_proc, up = proxies.start_upstreams(d)
+        ours = proxies.start_ours(d, up, s)
+        try:
+            script = d / "s.lua"
+            script.write_text(scenarios.wrk_script(s))
+            url = f"http://127.0.0.1:{ours.port}{s.path}"
+            wrk.run(url, 64, 1, script, s.headers)
+            spy = record(ours.proc.pid, seconds, raw)
+            time.sleep(0.5)
+            res = wrk.run(url, 64, seconds, script, s.headers)
+            _, err = spy.communicate(timeout=seconds + 30)
+            if spy.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
+        finally:
+            procs.stop(ours.proc)
+            procs.stop(up_proc)
+    head = f"{scenario}: {res.rps:,.0f} rps at 64 connections while sampled (py-spy slows it)"
+    return head + "\n" + summarize(raw.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
+    p.add_argument("--scenario", default="small")
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--native", action="store_true", help="sample C frames too (slower)")
+    args = p.parse_args(argv)
+    if args.native:
+        NATIVE.append("--native")
+    if not shutil.which("py-spy"):
+        print("py-spy not found: pip install py-spy", file=sys.stderr)
+        return 1
+    print(run(args.scenario, args.seconds, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
