@@ -376,6 +376,32 @@ def test_duplicate_keys_are_errors_with_both_lines() -> None:
     ]
 
 
+def test_anchors_merge_keys_and_x_extension_keys() -> None:
+    text = """\
+listen: 127.0.0.1:8080
+x-pool: &pool {endpoints: ["127.0.0.1:9001"], connect_timeout: 1s}
+upstreams:
+  v1: {<<: *pool, connect_timeout: 2s}
+  v2: *pool
+routes: [{name: r, route: [{destination: v1}, {destination: v2}]}]
+"""
+    config, errors = load_text(text, "config.yaml")
+    assert errors == []
+    assert config is not None
+    assert [u.connect_timeout for u in config.upstreams] == [2.0, 1.0]
+
+
+def test_cyclic_or_exploding_aliases_are_one_error() -> None:
+    assert errors_of("a: &x [*x]\n") == [
+        "config.yaml:1: invalid YAML: an alias refers to a node that contains it"
+    ]
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    assert errors_of("\n".join(lines)) == [
+        "config.yaml:1: invalid YAML: more than 100000 values (alias expansion?)"
+    ]
+
+
 def test_invalid_yaml_is_one_error_with_its_line() -> None:
     (error,) = errors_of(BASE + "routes: [\n  - name: r\n")
     assert error == "config.yaml:6: invalid YAML: expected the node content, but found '-'"

@@ -17,6 +17,13 @@ from proxy.config.validate import validate
 Lines = dict[str, int]
 
 
+MAX_NODES = 100_000  # aliases can expand a small file exponentially ("billion laughs")
+
+
+class _TooComplex(Exception):
+    """The document is cyclic or expands to more than MAX_NODES values."""
+
+
 class _Composer:
     """Walks composed nodes into plain Python values, recording path -> line."""
 
@@ -24,30 +31,46 @@ class _Composer:
         self.lines: Lines = {"": 1}
         self.errors: list[tuple[int, str, str]] = []  # (line, path, message)
         self._scalars = yaml.SafeLoader("")
+        self._open: set[int] = set()  # collections being walked: a repeat is a cycle
+        self._budget = MAX_NODES
 
     def value(self, node: yaml.Node, path: str) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        self._budget -= 1
+        if self._budget < 0:
+            raise _TooComplex(f"more than {MAX_NODES} values (alias expansion?)")
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return self._scalars.construct_object(node, deep=True)
+        if id(node) in self._open:
+            raise _TooComplex("an alias refers to a node that contains it")
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
             return [self._item(child, f"{path}[{i}]") for i, child in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        finally:
+            self._open.discard(id(node))
 
     def _item(self, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         return self.value(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
-        self._scalars.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        self._scalars.flatten_mapping(node)  # `<<: *anchor` pairs now come first
+        merged = len(node.value) - own
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        explicit: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
             key = self._key(key_node)
             child = f"{path}.{key}" if path else key
             line = key_node.start_mark.line + 1
-            if key in out:
+            if i >= merged and key in explicit:  # merged keys may be overridden, not repeated
                 first = self.lines.get(child, line)
                 self.errors.append((line, child, f'duplicate key "{key}" (first at line {first})'))
                 continue
-            self.lines.setdefault(child, line)
+            if i >= merged:
+                explicit.add(key)
+                self.lines[child] = line
             out[key] = self.value(value_node, child)
         return out
 
@@ -67,6 +90,11 @@ def _line_of(lines: Lines, path: str) -> int:
     return lines.get("", 1)
 
 
+def _mark_line(exc: yaml.YAMLError) -> int:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return mark.line + 1 if mark is not None else 1
+
+
 def _fmt(filename: str, line: int, path: str, message: str) -> str:
     return f"{filename}:{line}: {path}: {message}" if path else f"{filename}:{line}: {message}"
 
@@ -76,14 +104,14 @@ def load_text(text: str, filename: str) -> tuple[Config | None, list[str]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
-        return None, [_fmt(filename, line, "", f"invalid YAML: {problem}")]
+        return None, [_fmt(filename, _mark_line(exc), "", f"invalid YAML: {problem}")]
     walker = _Composer()
     try:
         data = walker.value(node, "") if node is not None else None
     except yaml.YAMLError as exc:  # e.g. a scalar PyYAML cannot construct
+        return None, [_fmt(filename, _mark_line(exc), "", f"invalid YAML: {exc}")]
+    except _TooComplex as exc:
         return None, [_fmt(filename, 1, "", f"invalid YAML: {exc}")]
     config, errors = validate(data, walker.lines)
     found = walker.errors + [(_line_of(walker.lines, p), p, m) for p, m in errors]

@@ -333,7 +333,7 @@ def regex(ctx: Ctx, value: object, path: str) -> Any:
 
 # ---- match rules ---------------------------------------------------------------------------
 
-_KINDS = ("exact", "prefix", "regex", "present", "absent")
+_KINDS: tuple[s.MatchKind, ...] = ("exact", "prefix", "regex", "present", "absent")
 
 
 def string_match(ctx: Ctx, value: object, path: str, is_path: bool = False) -> Any:
@@ -342,7 +342,7 @@ def string_match(ctx: Ctx, value: object, path: str, is_path: bool = False) -> A
     m = ctx.mapping(value, path, kinds)
     if m is None:
         return BAD
-    given = [k for k in m if k in kinds]
+    given = [k for k in kinds if k in m]
     if len(given) != 1:
         return ctx.err(path, f"needs exactly one of {', '.join(kinds)}")
     kind, raw = given[0], m[given[0]]
@@ -797,10 +797,9 @@ def canaries(ctx: Ctx, value: object, path: str) -> Any:
 def access_log(ctx: Ctx, value: object, path: str) -> Any:
     if value is False:
         return None
-    text = string(ctx, value, path) if not isinstance(value, bool) else BAD
-    if value is True or text == "":
+    if not isinstance(value, str) or not value:
         return ctx.err(path, "must be stdout, a file path, or false")
-    return text
+    return value
 
 
 def _env_name(ctx: Ctx, value: object, path: str) -> Any:
@@ -851,6 +850,8 @@ def validate(data: object, lines: Lines = None) -> tuple[s.Config | None, list[E
     ctx = Ctx()
     if data is None:
         data = {}
+    if isinstance(data, dict):  # `x-` keys hold YAML anchors to reuse (as docker compose)
+        data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     m = ctx.mapping(data, "", list(_TOP), ["listen", "upstreams", "routes"])
     if m is None:
         return None, ctx.errors
