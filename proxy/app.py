@@ -246,14 +246,25 @@ class App:
                 return bool(ep.healthy)
         return True
 
-    def _apply(self, routing: RoutingState, cause: str) -> dict:
-        """Build a table for `routing`; on success swap it in and record a revision."""
-        assert self.config is not None
+    def _apply(self, routing: RoutingState, cause: str, quiet_if_same: bool = False) -> dict:
+        """Build a table for `routing`; on success swap it in and record a revision.
+
+        `quiet_if_same`: when the effective routing did not change, record no revision
+        (a canary re-asserting its weights each phase is not a change of routing state).
+        """
+        assert self.config is not None and self.table is not None
         try:
             table = build_table(self.config, Overrides(routing.weights, routing.canary_match))
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+        same = (table.weights(), routing.canary_match) == (
+            self.table.weights(),
+            self.routing.canary_match,
+        )
         self.routing, self.table = routing, table
+        if quiet_if_same and same:
+            self.store.save_routing(routing)
+            return self.store.get(self.store.head()) or {}
         self.metrics.set_route_weights(table.weights())
         self.store.save_routing(routing)
         return self._record(cause)
@@ -453,7 +464,8 @@ class App:
             new_match.pop(route, None)
         else:
             new_match[route] = match
-        self._apply(RoutingState(new_weights, new_match, file_weights(self.config)), cause)
+        new = RoutingState(new_weights, new_match, file_weights(self.config))
+        self._apply(new, cause, quiet_if_same=True)
 
     def save_canary_state(self, name: str, state: dict) -> None:
         self.store.save_canary_state(name, state)

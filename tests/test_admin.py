@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -188,3 +189,38 @@ async def test_one_audit_line_per_mutation(admin: Admin, caplog) -> None:
     assert "peer=127.0.0.1" in lines[0] and "status=200 result=ok" in lines[0]
     assert "status=400 result=refused" in lines[1]
     assert "status=401 result=unauthorized" in lines[2]
+
+
+CANARY = """canaries:
+  - name: default
+    route: default
+    stable: v1
+    canary: v2
+    analysis: {interval: 1s, step_weight: 20, max_weight: 60, min_requests: 1}
+"""
+
+
+async def test_canary_verbs_drive_the_controller(tmp_path) -> None:
+    async with upstreams() as (p1, p2):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(config_text(p1, p2, 100, 0, extra=CANARY))
+        async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
+            if app.canaries is None:
+                pytest.skip("canary controller not installed")
+            a = Admin(s, app)
+            status, ans = await a.call("POST", "/api/v1/canaries/default/pause")
+            assert status == 400 and "Idle" in ans["error"]  # type: ignore[index]
+            assert app.store.head() == 1  # a canary that changes nothing records nothing
+            status, _ = await a.call("POST", "/api/v1/canaries/default/start")
+            assert status == 200
+            status, _ = await a.call("POST", "/api/v1/canaries/default/promote")
+            assert status == 200
+            for _ in range(100):
+                if app.table.weights()["default"] == {"v1": 0.0, "v2": 100.0}:
+                    break
+                await asyncio.sleep(0.02)
+            _, st = await a.call("GET", "/api/v1/status")
+            assert st["canaries"][0]["phase"] == "Succeeded"  # type: ignore[index]
+            causes = [r["cause"] for r in app.history()]
+            assert all(c.startswith("canary:default") for c in causes[1:])
+            assert await proxy_get(s, app) == (200, "v2")
