@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from typing import Any
 
 import pytest
@@ -47,6 +49,8 @@ PATH_CASES: list[tuple[StringMatch, str, bool]] = [
     (sm("regex", "/users/[0-9]+"), "/users/42/edit", False),  # full match, not search
     (sm("regex", "/users/[0-9]+"), "/x/users/42", False),
     (sm("regex", "/users/[0-9]+"), "/users/42?page=2", True),
+    (sm("exact", "/api"), "http://shop.example/api?x=1", True),  # absolute-form target
+    (sm("exact", "/"), "http://shop.example", True),
 ]
 
 
@@ -135,12 +139,40 @@ IP_CASES: list[tuple[tuple[str, ...], str, bool]] = [
     (("2001:db8::/32",), "10.1.2.3", False),
     (("10.0.0.0/8",), "not-an-ip", False),
     (("10.0.0.0/8",), "", False),
+    (("10.0.0.0/8",), "010.1.2.3", False),  # leading zeros are ambiguous: no match
+    (("10.0.0.0/8",), "10.1.2.256", False),
+    (("10.1.2.3",), "10.1.2.3", True),  # a bare address is a /32
+    (("0.0.0.0/0",), "203.0.113.9", True),
+    (("10.1.2.3/32",), "10.1.2.30", False),
+    (("10.1.16.0/20",), "10.1.31.255", True),
+    (("10.1.16.0/20",), "10.1.32.0", False),
+    (("10.1.16.0/20",), "10.1.15.9", False),
+    (("10.1.2.128/25",), "10.1.2.127", False),
+    (("10.1.2.128/25",), "10.1.2.200", True),
+    (("10.1.2.128/25",), "10.1.2.1280", False),
+    (("128.0.0.0/1",), "200.1.1.1", True),
+    (("128.0.0.0/1",), "127.1.1.1", False),
 ]
 
 
 @pytest.mark.parametrize(("cidrs", "ip", "want"), IP_CASES)
 def test_source_ip(cidrs: tuple[str, ...], ip: str, want: bool) -> None:
     assert check(MatchRule(source_ip=cidrs), ip=ip) is want
+
+
+def test_source_ip_agrees_with_ipaddress_for_many_clients() -> None:
+    """The text fast path and the bounded cache agree with `ipaddress` everywhere."""
+    cidrs = ("10.0.0.0/16", "172.16.0.0/12", "192.168.7.64/27", "8.8.8.8/32")
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    rule = compile_rule(MatchRule(source_ip=cidrs), Identity())
+    rng = random.Random(3)
+    for _ in range(10_000):
+        first = rng.choice([10, 172, 192, 8, rng.randrange(256)])
+        ip = f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+        if rng.random() < 0.3:
+            ip = f"{first}.{rng.choice([0, 16, 31, 168])}.{rng.choice([0, 7, 8])}.{rng.randrange(256)}"
+        want = any(ipaddress.ip_address(ip) in n for n in nets)
+        assert rule.matches(Request("GET", "/", {}, ip)) is want, ip
 
 
 def test_region_and_users_read_identity_headers() -> None:

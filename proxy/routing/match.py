@@ -85,6 +85,8 @@ class Request:
     ) -> None:
         self.method = method
         path, _, self.query_string = target.partition("?")
+        if path[:1] != "/" and "://" in path:  # absolute-form (RFC 9112 3.2.2): drop authority
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
         self.path = path
         self.headers = headers
         self.client_ip = client_ip
@@ -211,19 +213,62 @@ def _query_check(name: str, sm: StringMatch) -> Check:
 _IP_CACHE_MAX = 4096
 
 
+def ipv4_int(text: str) -> int | None:
+    """Dotted-quad IPv4 -> int, 5x cheaper than `ipaddress`; None for anything else
+    (IPv6, leading zeros, junk), which then takes the full parse."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    n = 0
+    for p in parts:
+        if not (p.isascii() and p.isdigit()) or len(p) > 3 or (p[0] == "0" and len(p) > 1):
+            return None
+        v = int(p)
+        if v > 255:
+            return None
+        n = n << 8 | v
+    return n
+
+
+def _v4_prefixes(net: ipaddress.IPv4Network) -> tuple[str, ...]:
+    """Text prefixes that every canonical dotted quad inside `net` starts with."""
+    octets = [str(o) for o in net.network_address.packed]
+    full, rem = divmod(net.prefixlen, 8)
+    if rem == 0:
+        return (".".join(octets[:full]) + ("." if full < 4 else ""),) if full else ("",)
+    first = int(octets[full])
+    tail = "." if full < 3 else ""
+    head = "".join(o + "." for o in octets[:full])
+    return tuple(f"{head}{v}{tail}" for v in range(first, first + (1 << (8 - rem))))
+
+
 def _ip_check(cidrs: tuple[str, ...]) -> Check:
     nets: tuple[IpNet, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-    # Parsing an address costs ~1.5 us and clients repeat: remember recent answers.
+    v4nets = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v4 = tuple((int(n.network_address), int(n.netmask)) for n in v4nets)
+    prefixes = tuple(p for n in v4nets for p in _v4_prefixes(n))
+    # Most clients are outside the CIDRs: one `startswith` rules a dotted quad out; a
+    # candidate is then parsed; IPv6 (":" in it) takes the full parse. Answers for the
+    # costly paths are cached per address (clients repeat); the cache is bounded.
     seen: dict[str, bool] = {}
 
+    def parsed(r: Request) -> bool:
+        n = ipv4_int(r.client_ip)
+        if n is not None:
+            return any(n & mask == net for net, mask in v4)
+        ip = r.ip()
+        return ip is not None and any(ip in net for net in nets)
+
     def check(r: Request) -> bool:
-        hit = seen.get(r.client_ip)
+        text = r.client_ip
+        if ":" not in text and not text.startswith(prefixes):
+            return False
+        hit = seen.get(text)
         if hit is None:
-            ip = r.ip()
-            hit = ip is not None and any(ip in n for n in nets)
+            hit = parsed(r)
             if len(seen) >= _IP_CACHE_MAX:
                 seen.clear()
-            seen[r.client_ip] = hit
+            seen[text] = hit
         return hit
 
     return check
