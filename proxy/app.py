@@ -123,6 +123,8 @@ class App:
         if CanaryManager is not None:
             self.canaries = CanaryManager(self)
             await self.canaries.sync(config)
+            if hasattr(self._server, "goals"):  # A/B goal counting, where the data plane has it
+                self._server.goals = self.canaries.goals
         log.info("proxy on port %d, admin on port %d", self.proxy_port, self.admin_port)
 
     def _read_config(self) -> tuple[Config, str]:
