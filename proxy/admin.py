@@ -26,6 +26,7 @@ audit = logging.getLogger("canaryproxy.audit")
 MAX_BODY = 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 AUDIT_RESULT = web.RequestKey("audit_result", str)
+AUDIT_BODY = web.RequestKey("audit_body", str)
 VERBS = ("start", "promote", "abort", "pause", "resume")
 DASHBOARD = os.path.join(os.path.dirname(__file__), "dashboard.html")
 _FALLBACK_PAGE = (
@@ -123,6 +124,8 @@ async def read_json(request: web.Request) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"body is not valid JSON: {exc}") from None
     check_no_crlf(data)
+    # json.dumps escapes control characters, so the audit line stays one line
+    request[AUDIT_BODY] = json.dumps(data, separators=(",", ":"))[:200]
     return data
 
 
@@ -197,8 +200,9 @@ def _audit(request: web.Request, status: int, result: str) -> None:
     peer = request.remote or "?"
     # repr() keeps any control character in the path on one line.
     audit.info(
-        "peer=%s method=%s path=%r status=%d result=%s",
-        peer, request.method, request.rel_url.raw_path, status, result,
+        "peer=%s method=%s path=%r body=%s status=%d result=%s",
+        peer, request.method, request.rel_url.raw_path, request.get(AUDIT_BODY, "-"), status,
+        result,
     )  # fmt: skip
 
 

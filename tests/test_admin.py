@@ -187,6 +187,7 @@ async def test_one_audit_line_per_mutation(admin: Admin, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name == "canaryproxy.audit"]
     assert len(lines) == 3
     assert "peer=127.0.0.1" in lines[0] and "status=200 result=ok" in lines[0]
+    assert "/api/v1/routes/default/weights" in lines[0] and 'body={"v1":1,"v2":1}' in lines[0]
     assert "status=400 result=refused" in lines[1]
     assert "status=401 result=unauthorized" in lines[2]
 
