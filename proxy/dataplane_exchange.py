@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from proxy import headers as hdr
 from proxy.dataplane_errors import CLOSING, ERRORS, error_response, status_line
+from proxy.dataplane_mirror import MirrorExchange
 from proxy.dataplane_upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
 from proxy.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
@@ -129,6 +130,26 @@ class Exchange:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.head = self._build_head()
         self._attempt(fresh=False)
+        self._start_mirror()
+
+    def _start_mirror(self) -> None:
+        """Send a copy to the mirror Subset once the whole (small) request is known."""
+        if self.mirror is None or not self.head or not self.req_done or self.body is None:
+            return
+        pool = self.client.server.pools.pool(self.mirror)
+        mirror, self.mirror = self.mirror, None
+        if pool is None:
+            return
+        host = b"" if self.has_host else b"Host: " + mirror.encode() + b"\r\n"
+        payload = [self.method + b" " + self.target + b" HTTP/1.1\r\n" + host, self.head]
+        for chunk in self.body:
+            payload.extend(self._frame(chunk))
+        if self.chunked:
+            payload.append(b"0\r\n\r\n")
+        MirrorExchange(pool, payload, self.route.timeout).start()
+        metrics = self.client.server.metrics
+        if metrics is not None:
+            metrics.mirrored(self.route.name, mirror)
 
     def _build_head(self) -> bytes:
         route = self.route
@@ -239,6 +260,7 @@ class Exchange:
         self.req_done = True
         if self.conn is not None and self.chunked and not self.done:
             self.conn.transport.write(b"0\r\n\r\n")
+        self._start_mirror()
 
     def client_error(self, reason: str) -> None:
         """The request stream broke (bad chunk, too large, too slow)."""

@@ -285,7 +285,13 @@ class UpstreamPool:
             }
             for e in self.endpoints
         ]
-        return {"name": self.name, "endpoints": eps, "in_flight": self.in_flight}
+        return {
+            "name": self.name,
+            "endpoints": eps,
+            "in_flight": self.in_flight,
+            "connections": self.connections,
+            "pending": len(self._pending),
+        }
 
 
 def _quiet(task: asyncio.Task) -> None:

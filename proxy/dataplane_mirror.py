@@ -1,0 +1,67 @@
+"""Fire-and-forget copies of requests (route `mirror:`).
+
+A copy goes to the mirror Subset's pool once the original request is complete, only when its
+body was small enough to keep (`REPLAY_LIMIT`); the answer is read and discarded. A mirror never
+delays or fails the real request: no retries, errors are dropped, a timer bounds its life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.dataplane_upconn import UpstreamConnection
+from proxy.upstream import Endpoint, UpstreamPool
+
+
+class MirrorExchange:
+    def __init__(self, pool: UpstreamPool, payload: list[bytes], timeout: float) -> None:
+        self.pool = pool
+        self.payload = payload  # request head and framed body, ready to write
+        self.timeout = timeout
+        self.conn: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.pool.acquire(self._on_conn)
+
+    def _on_conn(self, conn: UpstreamConnection | None, ep: Endpoint | None, reason: str) -> None:
+        if conn is None:
+            return
+        self.conn = conn
+        conn.attach(self)
+        conn.transport.writelines(self.payload)
+        if self.timeout > 0:
+            self.timer = conn.pool._loop.call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        self._end(False)
+
+    def _end(self, reusable: bool) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if not reusable:
+                conn.abort()
+            self.pool.release(conn, reusable)
+
+    # --- Handler -------------------------------------------------------------------------------
+    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
+        return False
+
+    def up_body(self, data: bytes) -> None:
+        pass
+
+    def up_done(self, reusable: bool) -> None:
+        self._end(reusable)
+
+    def up_failed(self, reason: str, got_bytes: bool) -> None:
+        self._end(False)
+
+    def up_pause(self) -> None:
+        pass
+
+    def up_resume(self) -> None:
+        pass
