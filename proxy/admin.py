@@ -12,12 +12,14 @@ The handlers only parse and check input; every change goes through the `Controll
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -196,6 +198,45 @@ def auth_middleware(get_token: Callable[[], str]) -> Any:
     return auth
 
 
+def _host_part(hostport: str) -> str:
+    host = hostport.rsplit("]", 1)[0].lstrip("[") if hostport.startswith("[") else hostport
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip_or_localhost(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def browser_guard(get_token: Callable[[], str]) -> Any:
+    """Keep web pages out: a loopback admin API is still reachable from a browser.
+
+    Cross-origin mutations (an `Origin` that is not this host) get 403: that stops
+    CSRF from any page. Without a token, a Host that is a DNS name other than
+    localhost gets 403: that stops DNS rebinding, where evil.example resolves to
+    127.0.0.1 and the page becomes "same origin".
+    """
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method in ("POST", "PUT") and origin is not None:
+            if urlsplit(origin).netloc != request.host:
+                request[AUDIT_RESULT] = "cross-origin"
+                return _error(403, "cross-origin requests may not change routing state")
+        if not get_token() and not _is_ip_or_localhost(_host_part(request.host)):
+            request[AUDIT_RESULT] = "bad-host"
+            return _error(403, "without a token the admin API answers only to IP or localhost")
+        return await handler(request)
+
+    return guard
+
+
 def _audit(request: web.Request, status: int, result: str) -> None:
     peer = request.remote or "?"
     # repr() keeps any control character in the path on one line.
@@ -227,7 +268,12 @@ class AdminAPI:
 
     def build(self) -> web.Application:
         app = web.Application(
-            middlewares=[audit_mutations, errors_as_json, auth_middleware(self.ctl.token)],
+            middlewares=[
+                audit_mutations,
+                errors_as_json,
+                browser_guard(self.ctl.token),
+                auth_middleware(self.ctl.token),
+            ],
             client_max_size=MAX_BODY,
         )
         r = app.router

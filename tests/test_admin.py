@@ -225,3 +225,28 @@ async def test_canary_verbs_drive_the_controller(tmp_path) -> None:
             causes = [r["cause"] for r in app.history()]
             assert all(c.startswith("canary:default") for c in causes[1:])
             assert await proxy_get(s, app) == (200, "v2")
+
+
+async def test_cross_origin_mutation_is_403_and_changes_nothing(admin: Admin) -> None:
+    url = admin.base + "/api/v1/routes/default/switch"
+    headers = {"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}
+    async with admin.s.post(url, json={"to": "v2"}, headers=headers) as r:
+        assert r.status == 403
+    headers["Origin"] = admin.base
+    async with admin.s.post(url, json={"to": "v2"}, headers=headers) as r:
+        assert r.status == 200
+
+
+async def test_without_token_only_ip_or_localhost_hosts(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    async with upstreams() as (p1, p2):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(config_text(p1, p2))
+        async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
+            base = f"http://127.0.0.1:{app.admin_port}/api/v1/status"
+            async with s.get(base) as r:
+                assert r.status == 200  # no token configured: loopback is open
+            async with s.get(base, headers={"Host": f"rebind.example:{app.admin_port}"}) as r:
+                assert r.status == 403
+            async with s.get(base, headers={"Host": f"localhost:{app.admin_port}"}) as r:
+                assert r.status == 200
