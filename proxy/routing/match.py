@@ -85,8 +85,6 @@ class Request:
     ) -> None:
         self.method = method
         path, _, self.query_string = target.partition("?")
-        if path[:1] != "/" and "://" in path:  # absolute-form (RFC 9112 3.2.2): drop authority
-            path = "/" + path.split("://", 1)[1].partition("/")[2]
         self.path = path
         self.headers = headers
         self.client_ip = client_ip
