@@ -215,6 +215,7 @@ class App:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(_log_crash)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
         self._tasks.append(task)
 
     async def _tick_loop(self) -> None:
@@ -311,8 +312,16 @@ class App:
 
     def _try_commit(self, config: Config, text_hash: str) -> list[str]:
         assert self.config is not None
-        if split_listen(config.listen)[1] != split_listen(self.config.listen)[1]:
-            log.warning("listen address changes need a restart; still on %s", self.config.listen)
+        old = self.config
+        for what, before, after in [
+            ("listen", old.listen, config.listen),
+            ("admin.listen", old.admin.listen, config.admin.listen),
+            ("access_log", old.access_log, config.access_log),
+            ("metrics.compat", old.metrics.compat, config.metrics.compat),
+            ("limits", old.limits, config.limits),
+        ]:
+            if before != after:
+                log.warning("%s changed; that takes effect at the next restart", what)
         try:
             self._commit_config(config, text_hash)
         except ValueError as exc:
