@@ -350,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
         trusted = self.limits.trusted_hops
         return {
             "method": method,
-            "target": self.url,
+            "target": _origin_form(self.url),
             "http10": http10,
             "keep_alive": p.should_keep_alive(),
             "headers": self.headers,
@@ -423,6 +423,22 @@ class ClientConnection(asyncio.Protocol):
             self.queue[-1].req_done = True
         if not self.parser.should_keep_alive() or self.requests >= self.limits.keepalive_requests:
             self._stop_reading()
+
+
+def _origin_form(target: bytes) -> bytes:
+    """Absolute-form targets are routed and forwarded by their path; the authority is never
+    used to pick or reach an upstream (RFC 9112 §3.2.2)."""
+    if target[:1] == b"/" or target == b"*":
+        return target
+    lower = target[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        rest = target.split(b"//", 1)[1]
+        slash = rest.find(b"/")
+        query = rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + rest[query:] if query >= 0 else b"/"
+        return rest[slash:]
+    return target
 
 
 _SPECIAL = frozenset(
