@@ -7,6 +7,7 @@ from test_import_common import errors_of, imported, manifest, pick, table_of
 
 from proxy.cli import main
 from proxy.config.schema import StringMatch
+from proxy.importers import translate
 
 EPS = "v1=127.0.0.1:9001,v2=127.0.0.1:9002"
 
@@ -125,3 +126,24 @@ def test_cli_stdout_and_unreadable_input(capsys) -> None:
     assert "/nonexistent.yaml: cannot read" in capsys.readouterr().err
     assert main(["import", "istio", manifest("istio-weights.yaml"), "--endpoints", "v1"]) == 1
     assert "expected SUBSET=HOST:PORT" in capsys.readouterr().err
+
+
+def test_two_virtual_services_with_the_same_route_name_stay_distinct(tmp_path) -> None:
+    vs = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  http:
+    - name: default
+      route: [{{destination: {{host: reviews, subset: v1}}}}]
+---
+"""
+    dr = (
+        "kind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews, subsets: [{name: v1}]}\n"
+    )
+    path = tmp_path / "two.yaml"
+    path.write_text(vs.format(name="a") + vs.format(name="b") + dr)
+    doc, errors = translate("istio", [str(path)], "v1=127.0.0.1:9001")
+    assert errors == [] and doc is not None
+    assert [r["name"] for r in doc["routes"]] == ["default", "b-default"]

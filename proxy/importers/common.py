@@ -143,3 +143,13 @@ def upstreams_for(
             continue
         out[name] = {"endpoints": list(addrs)}
     return out
+
+
+def unique_name(name: str, owner: str, taken: set[str]) -> str:
+    """Route names must be unique; two manifests may both call an entry `default`."""
+    candidate = name if name not in taken else f"{owner}-{name}"
+    n = 2
+    while candidate in taken:
+        candidate, n = f"{owner}-{name}-{n}", n + 1
+    taken.add(candidate)
+    return candidate

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.importers.common import Doc, Errors, Source, check_keys, duration_text, go_duration
+from proxy.importers.common import (
+    Doc,
+    Errors,
+    Source,
+    check_keys,
+    duration_text,
+    go_duration,
+    unique_name,
+)
 from proxy.importers.common import number as num
 
 KINDS = ("HTTPRoute",)
@@ -226,6 +234,7 @@ def _route(name: str, service: str, match: Doc, rule: _Rule) -> Doc:
 def translate(sources: list[Source], errors: Errors) -> list[Doc]:
     """All HTTPRoutes -> routes in Gateway API precedence order."""
     keyed: list[tuple[tuple[Any, ...], Doc]] = []
+    taken: set[str] = set()
     for doc_index, src in enumerate(s for s in sources if s.kind == "HTTPRoute"):
         check_keys(errors, src, src.spec, "spec", {"parentRefs", "hostnames", "rules"})
         for r, rule in enumerate(src.spec.get("rules") or []):
@@ -235,7 +244,7 @@ def translate(sources: list[Source], errors: Errors) -> list[Doc]:
             for m_i, m in enumerate(matches):
                 match = convert_match(errors, src, m, f"{path}.matches[{m_i}]")
                 base = str(rule.get("name") or f"{src.name}-{r}")
-                name = base if len(matches) == 1 else f"{base}-{m_i}"
+                name = unique_name(base if len(matches) == 1 else f"{base}-{m_i}", src.name, taken)
                 key = precedence(m, (doc_index, r, m_i))
                 keyed.append((key, _route(name, src.name, match, conv)))
     keyed.sort(key=lambda kv: kv[0])

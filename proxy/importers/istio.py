@@ -18,8 +18,10 @@ from proxy.importers.common import (
     duration_text,
     go_duration,
     number,
+    unique_name,
     upstreams_for,
 )
+from proxy.importers.destination_rule import Subsets, short_host
 
 KINDS = ("VirtualService", "DestinationRule")
 _STRING_KINDS = ("exact", "prefix", "regex")
@@ -58,11 +60,6 @@ _HTTP_KEYS = {
     "timeout",
     "headers",
 }
-
-
-def short_host(host: str) -> str:
-    """`reviews.default.svc.cluster.local` -> `reviews`: manifests mix both spellings."""
-    return host.split(".", 1)[0]
 
 
 def string_match(errors: Errors, src: Source, value: Any, path: str, empty: str = "") -> Doc | None:
@@ -314,77 +311,26 @@ def _route_options(errors: Errors, src: Source, h: Doc, path: str, route: Doc) -
         route["headers"] = convert_header_ops(errors, src, h["headers"], f"{path}.headers")
 
 
-def _pool_options(errors: Errors, src: Source, tp: Any, path: str) -> Doc:
-    """DestinationRule trafficPolicy -> upstream options (connection pool only)."""
-    if not isinstance(tp, dict):
-        return {}
-    check_keys(errors, src, tp, path, {"connectionPool"})
-    pool = tp.get("connectionPool") or {}
-    check_keys(errors, src, pool, f"{path}.connectionPool", {"tcp", "http"})
-    tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
-    check_keys(errors, src, tcp, f"{path}.connectionPool.tcp", {"maxConnections", "connectTimeout"})
-    known_http = {"http1MaxPendingRequests", "idleTimeout", "maxRequestsPerConnection"}
-    check_keys(errors, src, http, f"{path}.connectionPool.http", known_http)
-    out: Doc = {}
-    if "connectTimeout" in tcp:
-        out["connect_timeout"] = _duration(
-            errors, src, tcp["connectTimeout"], f"{path}.connectionPool.tcp.connectTimeout"
-        )
-    if "maxConnections" in tcp:
-        out["max_connections"] = int(tcp["maxConnections"])
-    if "http1MaxPendingRequests" in http:
-        out["max_pending"] = int(http["http1MaxPendingRequests"])
-    if "idleTimeout" in http:
-        out["idle_timeout"] = _duration(
-            errors, src, http["idleTimeout"], f"{path}.connectionPool.http.idleTimeout"
-        )
-    if "maxRequestsPerConnection" in http:
-        errors.unsupported(src, f"{path}.connectionPool.http.maxRequestsPerConnection")
-    return out
-
-
-class _Subsets:
-    """DestinationRule subsets per host, with their upstream options."""
-
-    def __init__(self) -> None:
-        self.by_host: dict[str, dict[str, Doc]] = {}
-        self.host_options: dict[str, Doc] = {}
-
-    def add(self, errors: Errors, src: Source) -> None:
-        spec = src.spec
-        check_keys(errors, src, spec, "spec", {"host", "subsets", "trafficPolicy", "exportTo"})
-        host = short_host(str(spec.get("host", "")))
-        self.host_options[host] = _pool_options(
-            errors, src, spec.get("trafficPolicy"), "spec.trafficPolicy"
-        )
-        subsets = self.by_host.setdefault(host, {})
-        for i, s in enumerate(spec.get("subsets") or []):
-            path = f"spec.subsets[{i}]"
-            check_keys(errors, src, s, path, {"name", "labels", "trafficPolicy"})
-            opts = _pool_options(errors, src, s.get("trafficPolicy"), f"{path}.trafficPolicy")
-            subsets[str(s.get("name"))] = opts
-
-
 def translate(
     sources: list[Source], endpoints: dict[str, list[str]], errors: Errors
 ) -> tuple[list[Doc], dict[str, Doc]]:
     """VirtualServices -> routes (in file order), DestinationRules -> the upstreams they use."""
-    subsets, refs = _Subsets(), _Refs()
+    subsets, refs, taken = Subsets(), _Refs(), set[str]()
     routes: list[Doc] = []
     for src in sources:
         if src.kind == "DestinationRule":
             subsets.add(errors, src)
     for src in sources:
         if src.kind == "VirtualService":
-            routes.extend(_virtual_service(errors, src, refs))
+            routes.extend(_virtual_service(errors, src, refs, taken))
     return routes, _upstreams(errors, sources, subsets, refs, endpoints)
 
 
-def _virtual_service(errors: Errors, src: Source, refs: _Refs) -> list[Doc]:
+def _virtual_service(errors: Errors, src: Source, refs: _Refs, taken: set[str]) -> list[Doc]:
     check_keys(errors, src, src.spec, "spec", {"hosts", "gateways", "http", "exportTo"})
     out = []
     for i, h in enumerate(src.spec.get("http") or []):
-        name = str(h.get("name") or f"{src.name}-{i}")
+        name = unique_name(str(h.get("name") or f"{src.name}-{i}"), src.name, taken)
         out.append(convert_http(errors, src, h, f"spec.http[{i}]", name, refs))
     if not out:
         errors.add(src, "spec.http", "no http routes (tcp/tls routes are not supported)")
@@ -394,7 +340,7 @@ def _virtual_service(errors: Errors, src: Source, refs: _Refs) -> list[Doc]:
 def _upstreams(
     errors: Errors,
     sources: list[Source],
-    subsets: _Subsets,
+    subsets: Subsets,
     refs: _Refs,
     endpoints: dict[str, list[str]],
 ) -> dict[str, Doc]:
