@@ -28,18 +28,23 @@ async def named(name: str) -> Upstream:
     return await start_upstream(handler, name)
 
 
+class Upstreams:
+    """Named upstreams started on demand, all closed by the fixture."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, Upstream] = {}
+
+    async def get(self, name: str) -> Upstream:
+        if name not in self.started:
+            self.started[name] = await named(name)
+        return self.started[name]
+
+
 @pytest.fixture
-async def ups() -> AsyncIterator[dict[str, Upstream]]:
-    started: dict[str, Upstream] = {}
-
-    async def get(name: str) -> Upstream:
-        if name not in started:
-            started[name] = await named(name)
-        return started[name]
-
-    holder: dict[str, Any] = {"get": get}
-    yield holder  # type: ignore[misc]
-    for up in started.values():
+async def ups() -> AsyncIterator[Upstreams]:
+    holder = Upstreams()
+    yield holder
+    for up in holder.started.values():
         await up.close()
 
 
@@ -56,8 +61,8 @@ async def get(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int,
         return r.status, dict(r.headers), await r.json()
 
 
-async def test_istio_weight_split_serves_both_versions(ups: dict) -> None:
-    eps = {"v1": await ups["get"]("v1"), "v2": await ups["get"]("v2")}
+async def test_istio_weight_split_serves_both_versions(ups: Upstreams) -> None:
+    eps = {"v1": await ups.get("v1"), "v2": await ups.get("v2")}
     proxy = await start_proxy(
         config_from_yaml(serve_text("istio", [manifest("istio-weights.yaml")], eps))
     )
@@ -83,9 +88,9 @@ async def test_istio_weight_split_serves_both_versions(ups: dict) -> None:
     ],
 )
 async def test_istio_ab_manifest_routes_real_requests(
-    ups: dict, headers: dict, expected: str
+    ups: Upstreams, headers: dict, expected: str
 ) -> None:
-    eps = {"v1": await ups["get"]("v1"), "v2": await ups["get"]("v2")}
+    eps = {"v1": await ups.get("v1"), "v2": await ups.get("v2")}
     proxy = await start_proxy(
         config_from_yaml(serve_text("istio", [manifest("istio-ab.yaml")], eps))
     )
@@ -101,8 +106,8 @@ async def test_istio_ab_manifest_routes_real_requests(
     assert resp_headers.get("x-served-by") == "region-canary"
 
 
-async def test_gateway_precedence_and_filters_with_real_traffic(ups: dict) -> None:
-    eps = {"foo-v1": await ups["get"]("foo-v1"), "foo-v2": await ups["get"]("foo-v2")}
+async def test_gateway_precedence_and_filters_with_real_traffic(ups: Upstreams) -> None:
+    eps = {"foo-v1": await ups.get("foo-v1"), "foo-v2": await ups.get("foo-v2")}
     proxy = await start_proxy(
         config_from_yaml(serve_text("gateway", [manifest("gateway-split.yaml")], eps))
     )
@@ -141,7 +146,7 @@ class Hooks:
 
 
 async def test_flagger_canary_runs_with_its_load_test_webhook(
-    ups: dict, tmp_path: pathlib.Path
+    ups: Upstreams, tmp_path: pathlib.Path
 ) -> None:
     hooks = Hooks()
     await hooks.start()
@@ -149,7 +154,7 @@ async def test_flagger_canary_runs_with_its_load_test_webhook(
     text = text.replace("http://flagger-loadtester.test/", f"http://127.0.0.1:{hooks.port}/")
     text = text.replace("interval: 1m\n    threshold", "interval: 1s\n    threshold")
     (tmp_path / "canary.yaml").write_text(text)
-    eps = {"primary": await ups["get"]("primary"), "canary": await ups["get"]("canary")}
+    eps = {"primary": await ups.get("primary"), "canary": await ups.get("canary")}
     (tmp_path / "config.yaml").write_text(
         serve_text("flagger", [str(tmp_path / "canary.yaml")], eps)
     )
