@@ -112,17 +112,17 @@ class ClientConnection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-        if self.parsing is None:
-            if self.header_timer is None:
-                self.header_timer = self.loop.call_later(
-                    self.limits.header_timeout, self._header_timeout
-                )
-            self.head_size += len(data)
-            if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
-                self.reject("headers_too_large" if self.url_done else "uri_too_long")
-                return
+        if self.parsing is None and self.header_timer is None:
+            self.header_timer = self.loop.call_later(
+                self.limits.header_timeout, self._header_timeout
+            )
+        began = self.in_head
         try:
             self.parser.feed_data(data)
+            if self.in_head:
+                self._count_head(began, len(data))
+        except _Reject as exc:
+            self.reject(exc.reason)
         except httptools.HttpParserUpgrade:
             self._stop_reading()  # the request was served; no protocol switch follows
         except httptools.HttpParserError as exc:
@@ -131,6 +131,15 @@ class ClientConnection(asyncio.Protocol):
                 self.reject(ctx.reason)
             elif not isinstance(ctx, _Stop):
                 self.reject("bad_request")
+
+    def _count_head(self, began: bool, size: int) -> None:
+        """Bound a head that llhttp is still buffering (one field spread over many reads)."""
+        if began:
+            self.head_size += size
+        else:  # the head started inside this read: count what the callbacks saw
+            self.head_size = len(self.url) + self.hsize
+        if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
+            raise _Reject("headers_too_large" if self.url_done else "uri_too_long")
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
