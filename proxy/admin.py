@@ -48,6 +48,8 @@ class NotFound(LookupError):
 class Controller(Protocol):
     registry: CollectorRegistry
 
+    async def persisted(self) -> None: ...
+
     def token(self) -> str: ...
     def ready(self) -> tuple[bool, str]: ...
     def status(self) -> dict: ...
@@ -266,6 +268,14 @@ class AdminAPI:
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
 
+    @web.middleware
+    async def durable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer a mutation only once its revision is on disk."""
+        resp = await handler(request)
+        if request.method in ("POST", "PUT") and resp.status < 400:
+            await self.ctl.persisted()
+        return resp
+
     def build(self) -> web.Application:
         app = web.Application(
             middlewares=[
@@ -273,6 +283,7 @@ class AdminAPI:
                 errors_as_json,
                 browser_guard(self.ctl.token),
                 auth_middleware(self.ctl.token),
+                self.durable,
             ],
             client_max_size=MAX_BODY,
         )

@@ -211,6 +211,7 @@ class App:
             self.pools.close()
         if self._access_log is not None:
             self._access_log.close()
+        await asyncio.to_thread(self.store.close)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -337,6 +338,10 @@ class App:
         return {"result": "rejected", "error": self.last_reload_error, "errors": errors}
 
     # -- admin Controller ------------------------------------------------------------
+
+    async def persisted(self) -> None:
+        """Wait until every state change made so far is on disk."""
+        await asyncio.wrap_future(self.store.flush())
 
     def token_for(self, config: Config) -> str:
         return os.environ.get(config.admin.token_env, "")

@@ -1,11 +1,12 @@
 """Routing state that is not in the config file, kept across restarts.
 
-Files in the state dir (default ./.canaryproxy/), each written atomically
+Files in the state dir (default ./.canaryproxy/). The JSON files are written atomically
 (temp file, fsync, rename, fsync of the directory) so a crash leaves the old or the
-new version, never half of one:
+new version, never half of one; all writes run in order on one background thread:
 
-- `revisions.json`: every change of routing state, numbered from 1
-  `{"revision", "time", "cause", "weights", "canary_match"}`.
+- `revisions.jsonl`: every change of routing state, numbered from 1, one JSON object
+  a line `{"revision", "time", "cause", "weights", "canary_match"}`; appended and
+  fsynced, rewritten atomically when it holds twice the revisions kept.
 - `routing.json`: the overrides in force: API/canary weights, canary matches, and the
   file's own weights per route when they were set, to tell when the file changed them.
 - `canary-<name>.json`: one record per canary, owned by the canary runner.
@@ -17,10 +18,12 @@ file until the file itself changes that route's weights; then the file wins.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,16 +33,18 @@ from proxy.config.schema import Config, MatchRule, StringMatch
 Weights = dict[str, dict[str, float]]
 CanaryMatch = dict[str, tuple[str, tuple[MatchRule, ...]]]
 MAX_REVISIONS = 1000
+REVISIONS, ROUTING = "revisions.jsonl", "routing.json"
+log = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
-def atomic_write_json(path: str, data: Any) -> None:
-    """Write JSON so readers see the old or the new file, also after a power cut."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a file so readers see the old or the new content, also after a power cut."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -162,16 +167,82 @@ def reconcile(state: RoutingState, config: Config) -> RoutingState:
 # -- the store -----------------------------------------------------------------------
 
 
+class _Writer:
+    """One background thread that performs file writes in submission order.
+
+    fsync takes milliseconds (tens on a busy disk); done on the event loop it would
+    stall every proxied request. Callers get a Future to wait for durability when
+    they must (the admin API answers only after its change is on disk).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(_log_write_error)
+        return fut
+
+    def flush(self) -> Future[None]:
+        """Done when every write submitted so far is done."""
+        return self._pool.submit(lambda: None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _log_write_error(fut: Future[None]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("writing the state dir failed: %s", exc)
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_revisions(path: str) -> list[dict]:
+    """One JSON object per line; a torn last line (crash mid-append) is skipped."""
+    out: list[dict] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    log.warning("%s: skipping an unreadable revision line", path)
+    except FileNotFoundError:
+        pass
+    return out[-MAX_REVISIONS:]
+
+
 class StateStore:
-    """Revisions, overrides and canary records in one directory."""
+    """Revisions, overrides and canary records in one directory.
+
+    Reads happen at construction; every change is applied in memory at once and
+    written by the background writer, in order. `flush()` waits for the disk.
+    """
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
-        self._revisions: list[dict] = _read_json(self._path("revisions.json")) or []
+        self._revisions: list[dict] = _read_revisions(self._path(REVISIONS))
+        self._lines = len(self._revisions)
+        self._writer = _Writer()
+        self._canary_cache: dict[str, dict] = {}  # written but maybe not yet on disk
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
+
+    def flush(self) -> Future[None]:
+        return self._writer.flush()
+
+    def close(self) -> None:
+        """Finish every pending write; the store is unusable afterwards."""
+        self._writer.close()
 
     # revisions
 
@@ -190,11 +261,17 @@ class StateStore:
             "canary_match": match_to_json(canary_match or {}),
         }
         self._revisions = [*self._revisions, rev][-MAX_REVISIONS:]
-        atomic_write_json(self._path("revisions.json"), self._revisions)
+        self._lines += 1
+        if self._lines > 2 * MAX_REVISIONS:  # compact: rewrite only the kept revisions
+            text = "".join(json.dumps(r) + "\n" for r in self._revisions)
+            self._writer.submit(atomic_write_text, self._path(REVISIONS), text)
+            self._lines = len(self._revisions)
+        else:
+            self._writer.submit(_append_line, self._path(REVISIONS), json.dumps(rev))
         return rev
 
     def head(self) -> int:
-        return self._revisions[-1]["revision"] if self._revisions else 0
+        return int(self._revisions[-1]["revision"]) if self._revisions else 0
 
     def history(self) -> list[dict]:
         return list(self._revisions)
@@ -213,10 +290,10 @@ class StateStore:
             "canary_match": match_to_json(state.canary_match),
             "seen_file": state.seen_file,
         }
-        atomic_write_json(self._path("routing.json"), data)
+        self._writer.submit(atomic_write_text, self._path(ROUTING), json.dumps(data))
 
     def load_routing(self) -> RoutingState:
-        d = _read_json(self._path("routing.json")) or {}
+        d = _read_json(self._path(ROUTING)) or {}
         return RoutingState(
             {r: dict(w) for r, w in d.get("weights", {}).items()},
             match_from_json(d.get("canary_match")),
@@ -231,8 +308,12 @@ class StateStore:
         return self._path(f"canary-{name}.json")
 
     def save_canary_state(self, name: str, state: dict) -> None:
-        atomic_write_json(self._canary_path(name), state)
+        text = json.dumps(state)
+        self._canary_cache[name] = json.loads(text)  # a copy: the caller may mutate `state`
+        self._writer.submit(atomic_write_text, self._canary_path(name), text)
 
     def load_canary_state(self, name: str) -> dict | None:
+        if name in self._canary_cache:
+            return self._canary_cache[name]
         data = _read_json(self._canary_path(name))
         return data if isinstance(data, dict) else None

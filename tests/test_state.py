@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -45,13 +46,28 @@ RULE = MatchRule(
 )
 
 
-def test_revisions_are_numbered_and_survive_a_new_store(tmp_path) -> None:
-    store = StateStore(str(tmp_path))
+@pytest.fixture
+def stores(tmp_path) -> Iterator[Callable[..., StateStore]]:
+    """Open stores on the state dir (or a sub dir); every one is closed at the end."""
+    opened: list[StateStore] = []
+
+    def open_store(sub: str = "") -> StateStore:
+        opened.append(StateStore(str(tmp_path / sub) if sub else str(tmp_path)))
+        return opened[-1]
+
+    yield open_store
+    for s in opened:
+        s.close()
+
+
+def test_revisions_are_numbered_and_survive_a_new_store(stores) -> None:
+    store = stores()
     assert store.head() == 0
     store.record("reload", {"default": {"v1": 95, "v2": 5}})
     rev = store.record("weights", {"default": {"v1": 50, "v2": 50}}, {"default": ("v2", (RULE,))})
     assert rev["revision"] == 2
-    again = StateStore(str(tmp_path))
+    store.flush().result(10)
+    again = stores()
     assert [r["revision"] for r in again.history()] == [1, 2]
     got = again.get(2)
     assert got is not None and got["cause"] == "weights"
@@ -60,13 +76,37 @@ def test_revisions_are_numbered_and_survive_a_new_store(tmp_path) -> None:
     assert again.get(7) is None
 
 
-def test_writes_leave_no_temp_files(tmp_path) -> None:
-    store = StateStore(str(tmp_path))
+def test_a_torn_last_revision_line_is_skipped(stores, tmp_path) -> None:
+    store = stores()
+    store.record("reload", {"default": {"v1": 1}})
+    store.flush().result(10)
+    with open(tmp_path / "revisions.jsonl", "a") as f:
+        f.write('{"revision": 2, "ti')  # crash in the middle of an append
+    assert [r["revision"] for r in stores().history()] == [1]
+
+
+def test_revision_log_is_compacted_to_the_kept_revisions(stores, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("proxy.state.MAX_REVISIONS", 3)
+    store = stores()
+    for i in range(7):
+        store.record("weights", {"default": {"v1": i}})
+    store.flush().result(10)
+    lines = (tmp_path / "revisions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["revision"] for x in lines] == [5, 6, 7]
+    assert [r["revision"] for r in stores().history()] == [5, 6, 7]
+
+
+def test_writes_leave_no_temp_files(stores, tmp_path) -> None:
+    store = stores()
     store.record("reload", {})
     store.save_canary_state("default", {"phase": "Progressing", "step": 2})
     store.save_routing(RoutingState({"default": {"v1": 1}}, {}, {}))
-    assert sorted(os.listdir(tmp_path)) == ["canary-default.json", "revisions.json", "routing.json"]
-    json.loads((tmp_path / "revisions.json").read_text())
+    store.flush().result(10)
+    assert sorted(os.listdir(tmp_path)) == [
+        "canary-default.json",
+        "revisions.jsonl",
+        "routing.json",
+    ]
 
 
 def test_match_rules_round_trip_through_json() -> None:
@@ -74,26 +114,28 @@ def test_match_rules_round_trip_through_json() -> None:
     assert match_from_json(json.loads(json.dumps(match_to_json(m)))) == m
 
 
-def test_canary_state_round_trip_and_unsafe_names(tmp_path) -> None:
-    store = StateStore(str(tmp_path))
+def test_canary_state_round_trip_and_unsafe_names(stores) -> None:
+    store = stores()
     assert store.load_canary_state("default") is None
-    store.save_canary_state("default", {"phase": "Progressing", "step": 2})
-    assert StateStore(str(tmp_path)).load_canary_state("default") == {
-        "phase": "Progressing",
-        "step": 2,
-    }
+    state = {"phase": "Progressing", "step": 2}
+    store.save_canary_state("default", state)
+    state["step"] = 99  # the caller's later edits do not leak into what was saved
+    assert store.load_canary_state("default") == {"phase": "Progressing", "step": 2}
+    store.flush().result(10)
+    assert stores().load_canary_state("default") == {"phase": "Progressing", "step": 2}
     with pytest.raises(ValueError):
         store.save_canary_state("../etc", {})
 
 
-def test_routing_state_round_trip(tmp_path) -> None:
-    store = StateStore(str(tmp_path))
+def test_routing_state_round_trip(stores) -> None:
+    store = stores()
     st = RoutingState(
         {"default": {"v1": 0.0, "v2": 100.0}}, {"default": ("v2", (RULE,))}, file_weights(_config())
     )
     store.save_routing(st)
-    assert StateStore(str(tmp_path)).load_routing() == st
-    assert StateStore(str(tmp_path / "fresh")).load_routing() == RoutingState()
+    store.flush().result(10)
+    assert stores().load_routing() == st
+    assert stores("fresh").load_routing() == RoutingState()
 
 
 def test_override_survives_a_reload_that_keeps_the_file_weights() -> None:
