@@ -216,8 +216,12 @@ class App:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(_log_crash)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        task.add_done_callback(self._forget)
         self._tasks.append(task)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _tick_loop(self) -> None:
         while True:
