@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.app import App
 from proxy.demo_upstream import Behaviour, Upstream
@@ -304,3 +305,39 @@ async def _maybe_screenshot(browser: WebDriver) -> None:
     await asyncio.sleep(20)  # let the charts and the analysis fill in
     png = await asyncio.to_thread(browser.cmd, "GET", "/screenshot")
     pathlib.Path(target).write_bytes(base64.b64decode(png))
+
+
+@pytest.fixture
+async def sparse_status() -> AsyncIterator[str]:
+    """The page served beside a status JSON with most fields missing (older or newer proxy)."""
+    page = (pathlib.Path(__file__).parent.parent / "proxy" / "dashboard.html").read_text()
+    body = {"routes": [{"name": "bare"}], "canaries": [{"name": "c1", "steps": [{"kind": "x"}]}],
+            "upstreams": [{"name": "u1", "endpoints": [{"address": "127.0.0.1:1", "healthy": False}]}]}  # fmt: skip
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/api/v1/status", status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_missing_status_fields_render_without_errors(
+    browser: WebDriver, sparse_status: str
+) -> None:
+    await asyncio.to_thread(browser.cmd, "POST", "/url", {"url": sparse_status})
+    await eventually(lambda: browser.text('[data-canary="c1"] .phase') == "Idle", "canary card")
+    assert "unhealthy" in await asyncio.to_thread(browser.text, '#upstreams [data-upstream="u1"]')
+    assert await asyncio.to_thread(browser.find, '[data-route="bare"] .bar')
+    assert _severe(await asyncio.to_thread(browser.console)) == []
