@@ -497,3 +497,34 @@ def test_cli_validate_exit_codes(tmp_path: pathlib.Path) -> None:
     failed = _cli(bad)
     assert failed.returncode == 1
     assert failed.stderr == f'{bad}:7: routes[0].route[0].destination: unknown upstream "v9"\n'
+
+
+@pytest.mark.parametrize(
+    ("listen", "error"),
+    [
+        ("127.0.0.1:0", None),
+        ("[::1]:8080", None),
+        ("my-svc.ns.svc.cluster.local:8080", None),
+        ("::1:8080", '"::1:8080" must be host:port, e.g. 127.0.0.1:8080'),
+        (":8080", '":8080" must be host:port, e.g. 127.0.0.1:8080'),
+        ("8080", '"8080" must be host:port, e.g. 127.0.0.1:8080'),
+        ("a b:80", '"a b:80" must be host:port, e.g. 127.0.0.1:8080'),
+        ("localhost:http", '"localhost:http" must be host:port, e.g. 127.0.0.1:8080'),
+        ("0.0.0.0:65536", '"0.0.0.0:65536": port must be between 0 and 65535'),
+    ],
+)
+def test_listen_addresses(listen: str, error: str | None) -> None:
+    data = {
+        "listen": listen,
+        "upstreams": {"v1": {"endpoints": ["127.0.0.1:9001"]}},
+        "routes": [{"name": "r", "route": [{"destination": "v1"}]}],
+    }
+    assert validate(data)[1] == ([] if error is None else [("listen", error)])
+
+
+def test_endpoint_port_zero_is_rejected() -> None:
+    data = {"listen": "127.0.0.1:0", "upstreams": {"v1": {"endpoints": ["127.0.0.1:0"]}}}
+    data["routes"] = [{"name": "r", "route": [{"destination": "v1"}]}]
+    assert validate(data)[1] == [
+        ("upstreams.v1.endpoints[0]", '"127.0.0.1:0": port must be between 1 and 65535')
+    ]

@@ -281,14 +281,22 @@ def str_map(key: Reader, value: Reader) -> Reader:
     return read
 
 
+_HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9_])?$")
+
+
 def _split_host_port(text: str) -> tuple[str, str] | None:
+    """`host:port` or `[v6]:port` -> (host, port); None if the host is not a name or IP."""
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
     else:
         host, sep, port = text.rpartition(":")
-    if not sep or not host or ":" in host and not text.startswith("["):
-        return None
-    return host, port
+        if not _HOST.match(host):
+            return None
+    return (host, port) if sep else None
 
 
 def host_port(min_port: int = 1) -> Reader:
