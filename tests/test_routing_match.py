@@ -260,3 +260,13 @@ def test_bad_regex_is_a_clear_error() -> None:
 def test_catastrophic_regex_stays_bounded() -> None:
     rule = MatchRule(headers=(("x", sm("regex", "(a+)+$")),))
     assert not check(rule, headers={"x": "a" * 40 + "!"})
+
+
+def test_regex_checks_run_last() -> None:
+    rule = MatchRule(
+        path=sm("regex", "/a/.*"),
+        headers=(("x", sm("exact", "1")),),
+        method=frozenset({"GET"}),
+    )
+    labels = [label for label, _ in compile_rule(rule, Identity()).checks]
+    assert labels == ["method in ['GET']", 'headers[x] exact "1"', 'path regex "/a/.*"']

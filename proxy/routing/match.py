@@ -277,29 +277,35 @@ def _set_check(header: str, values: frozenset[str]) -> Check:
     return lambda r: r.headers.get(header) in values
 
 
+def _cost(sm: StringMatch, base: int) -> int:
+    return 4 if sm.kind == "regex" else base
+
+
 def compile_rule(rule: MatchRule, identity: Identity) -> CompiledRule:
-    """Compile one match item; checks run cheapest first so misses exit early."""
-    checks: list[tuple[str, Check]] = []
+    """Compile one match item; checks run cheapest first (regexes last) so misses exit early."""
+    checks: list[tuple[int, str, Check]] = []
     if rule.method:
         methods = frozenset(m.upper() for m in rule.method)
-        checks.append((f"method in {sorted(methods)}", lambda r: r.method in methods))
+        checks.append((0, f"method in {sorted(methods)}", lambda r: r.method in methods))
     if rule.path is not None:
-        checks.append((_label("path", rule.path), _path_check(rule.path)))
+        checks.append((_cost(rule.path, 1), _label("path", rule.path), _path_check(rule.path)))
     for name, sm in rule.headers:
-        checks.append((_label(f"headers[{name.lower()}]", sm), _header_check(name.lower(), sm)))
+        label = _label(f"headers[{name.lower()}]", sm)
+        checks.append((_cost(sm, 1), label, _header_check(name.lower(), sm)))
     if rule.region:
         label = f"region ({identity.region_header.lower()}) in {sorted(rule.region)}"
-        checks.append((label, _set_check(identity.region_header.lower(), rule.region)))
+        checks.append((1, label, _set_check(identity.region_header.lower(), rule.region)))
     if rule.users:
         label = f"users ({identity.user_header.lower()}, {len(rule.users)} ids)"
-        checks.append((label, _set_check(identity.user_header.lower(), rule.users)))
+        checks.append((1, label, _set_check(identity.user_header.lower(), rule.users)))
     for name, sm in rule.cookies:
-        checks.append((_label(f"cookies[{name}]", sm), _cookie_check(name, sm)))
+        checks.append((_cost(sm, 2), _label(f"cookies[{name}]", sm), _cookie_check(name, sm)))
     for name, sm in rule.query:
-        checks.append((_label(f"query[{name}]", sm), _query_check(name, sm)))
+        checks.append((_cost(sm, 2), _label(f"query[{name}]", sm), _query_check(name, sm)))
     if rule.source_ip:
-        checks.append((f"source_ip in {list(rule.source_ip)}", _ip_check(rule.source_ip)))
-    return CompiledRule(rule, tuple(checks))
+        checks.append((3, f"source_ip in {list(rule.source_ip)}", _ip_check(rule.source_ip)))
+    checks.sort(key=lambda c: c[0])  # stable: same-cost checks keep the config's order
+    return CompiledRule(rule, tuple((label, check) for _, label, check in checks))
 
 
 def compile_rules(rules: tuple[MatchRule, ...], identity: Identity) -> tuple[CompiledRule, ...]:
