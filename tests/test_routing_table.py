@@ -218,3 +218,37 @@ def test_decision_is_hashable_and_route_carries_policies() -> None:
     assert d.route is not None and d.route.service == "default" and d.route.timeout == 15.0
     assert set(d.route.dest_headers) == {"v1", "v2"}
     assert {d.route: 1}[d.route] == 1
+
+
+FULL = Route(
+    "default",
+    (Destination("v1", 1), Destination("v2", 1), Destination("v3", 1)),
+    split=Split("header", "user-id"),
+    sticky=Sticky("ver"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ws=st.lists(st.integers(0, 5), min_size=3, max_size=3),
+    user=st.one_of(st.none(), st.text(max_size=12)),
+    cookie=st.one_of(st.none(), st.sampled_from(["v1", "v2", "v3", "v9", ""])),
+    rnd=st.floats(0, 1, exclude_max=True),
+)
+def test_table_never_routes_to_weight_zero(
+    ws: list[int], user: str | None, cookie: str | None, rnd: float
+) -> None:
+    """Through hash, sticky and random paths alike; explain agrees when it names a subset."""
+    weights = dict(zip(("v1", "v2", "v3"), ws, strict=True))
+    t = build_table(cfg(FULL), Overrides(weights={"default": weights}))
+    headers = {} if user is None else {"user-id": user}
+    if cookie is not None:
+        headers["cookie"] = f"ver={cookie}"
+    d = t.decide("GET", "/", headers, "", rnd)
+    if sum(ws) == 0:
+        assert d.subset is None
+        return
+    assert d.subset is not None and weights[d.subset] > 0
+    ans = t.explain("GET", "/", headers, {}, "")
+    if ans["subset"] is not None:
+        assert (ans["subset"], ans["reason"]) == (d.subset, d.reason)
