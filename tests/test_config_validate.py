@@ -530,3 +530,22 @@ def test_endpoint_port_zero_is_rejected() -> None:
     assert validate(data)[1] == [
         ("upstreams.v1.endpoints[0]", '"127.0.0.1:0": port must be between 1 and 65535')
     ]
+
+
+def test_huge_numbers_and_repeated_header_names() -> None:
+    data = {
+        "listen": "127.0.0.1:0",
+        "upstreams": {"v1": {"endpoints": ["127.0.0.1:9001"], "connect_timeout": 10**400}},
+        "routes": [
+            {
+                "name": "r",
+                "route": [{"destination": "v1", "weight": 10**400}],
+                "match": [{"headers": {"X-A": {"exact": "1"}, "x-a": {"exact": "2"}}}],
+            }
+        ],
+    }
+    assert validate(data)[1] == [
+        ("upstreams.v1.connect_timeout", "must be a duration >= 0"),
+        ("routes[0].route[0].weight", "must be a finite number"),
+        ("routes[0].match[0].headers.X-A", '"x-a" is given more than once'),
+    ]

@@ -37,27 +37,25 @@ _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_duration(value: object) -> float:
-    """`500ms`, `2s`, `1m`, `1h`, `1m30s` or a bare number of seconds -> float seconds."""
-    if isinstance(value, bool):
+    """`500ms`, `2s`, `1m`, `1h`, `1m30s` or a bare number of seconds -> float seconds >= 0.
+
+    Raises ValueError with a message for the user.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("must be a duration like 500ms, 2s, 1m30s")
-    if isinstance(value, int | float):
-        if math.isnan(value) or math.isinf(value) or value < 0:
-            raise ValueError("must be a duration >= 0")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("must be a duration like 500ms, 2s, 1m30s")
-    text = value.strip()
-    parts = _DURATION.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
+    if isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNITS[u] for n, u in parts)
         try:
-            return parse_duration(float(text)) if text else _raise_duration(value)
+            value = float(text)
         except ValueError:
-            _raise_duration(value)
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def _raise_duration(value: object) -> float:
-    raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 2s, 1m30s, 1h")
+            raise ValueError(f"invalid duration {text!r}: use e.g. 500ms, 2s, 1m30s, 1h") from None
+    seconds = _finite(value)
+    if seconds is None or seconds < 0:
+        raise ValueError("must be a duration >= 0")
+    return seconds
 
 
 def join(path: str, key: object) -> str:
@@ -107,7 +105,9 @@ class Ctx:
 Reader = Callable[[Ctx, object, str], Any]
 
 
-def fields(ctx: Ctx, m: Mapping[str, Any], path: str, readers: Mapping[str, Reader]) -> dict:
+def fields(
+    ctx: Ctx, m: Mapping[str, Any], path: str, readers: Mapping[str, Reader]
+) -> dict[str, Any]:
     """Read the keys of `m` that have a reader; keep only the values that passed."""
     out: dict[str, Any] = {}
     for key, read in readers.items():
@@ -176,12 +176,19 @@ def header_value(ctx: Ctx, value: object, path: str) -> Any:
     return text
 
 
+def _finite(value: int | float) -> float | None:
+    try:
+        f = float(value)  # an int beyond 1e308 overflows
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def number(ctx: Ctx, value: object, path: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return ctx.err(path, "must be a number")
-    if math.isnan(value) or math.isinf(value):
-        return ctx.err(path, "must be a finite number")
-    return float(value)
+    f = _finite(value)
+    return ctx.err(path, "must be a finite number") if f is None else f
 
 
 def at_least(low: float, integer: bool = False) -> Reader:
@@ -276,7 +283,13 @@ def str_map(key: Reader, value: Reader) -> Reader:
         if not isinstance(data, dict):
             return ctx.err(path, "must be a mapping")
         out = [(key(ctx, k, join(path, k)), value(ctx, v, join(path, k))) for k, v in data.items()]
-        return BAD if any(BAD in pair for pair in out) else tuple(out)
+        if any(BAD in pair for pair in out):
+            return BAD
+        names = [k for k, _ in out]
+        for k, n in zip(data, names, strict=True):
+            if names.count(n) > 1:  # "X-A" and "x-a" name the same header
+                return ctx.err(join(path, k), f'"{n}" is given more than once')
+        return tuple(out)
 
     return read
 
