@@ -549,3 +549,11 @@ def test_huge_numbers_and_repeated_header_names() -> None:
         ("routes[0].route[0].weight", "must be a finite number"),
         ("routes[0].match[0].headers.X-A", '"x-a" is given more than once'),
     ]
+
+
+def test_validate_orders_errors_by_the_given_lines() -> None:
+    data = {"listen": 1, "upstreams": {}, "routes": [], "extra": 1}
+    lines = {"listen": 9, "upstreams": 3, "routes": 5, "extra": 1}
+    expected = ["extra", "upstreams", "routes", "listen"]
+    assert [p for p, _ in validate(data, lines)[1]] == expected
+    assert [p for p, _ in validate(data, lines.get)[1]] == expected
