@@ -26,7 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 audit = logging.getLogger("canaryproxy.audit")
 MAX_BODY = 1024 * 1024
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# "/" is the static dashboard page: it holds no state, asks the user for the token and
+# sends it with every API call, so a browser (which cannot add a bearer header to a page
+# load) can open it. Everything it shows comes from /api/v1/*, which needs the token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 AUDIT_RESULT = web.RequestKey("audit_result", str)
 AUDIT_BODY = web.RequestKey("audit_body", str)
 VERBS = ("start", "promote", "abort", "pause", "resume")
