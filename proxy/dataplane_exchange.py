@@ -377,6 +377,12 @@ class Exchange:
             return
         self.fail(reason)
 
+    def up_cork(self) -> None:
+        self.client.cork()
+
+    def up_uncork(self) -> None:
+        self.client.uncork()
+
     def up_pause(self) -> None:
         self.client.block_read(1)
 

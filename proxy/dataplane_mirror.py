@@ -63,5 +63,11 @@ class MirrorExchange:
     def up_pause(self) -> None:
         pass
 
+    def up_cork(self) -> None:
+        pass
+
+    def up_uncork(self) -> None:
+        pass
+
     def up_resume(self) -> None:
         pass

@@ -32,6 +32,8 @@ class Handler(Protocol):
     def up_done(self, reusable: bool) -> None: ...
     def up_failed(self, reason: str, got_bytes: bool) -> None: ...
     def up_pause(self) -> None: ...
+    def up_cork(self) -> None: ...
+    def up_uncork(self) -> None: ...
     def up_resume(self) -> None: ...
 
 
@@ -68,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.handler = handler
         self.got_bytes = False
         self._reusable = True
+        self.resume_reading()  # the previous client may have paused us just before the end
         self.last_read = self.pool._loop.time()
 
     def write(self, data: bytes) -> None:
@@ -123,10 +126,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.last_read = self.pool._loop.time()
+        handler = self.handler
+        handler.up_cork()
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, _Abort):
             self._fail("upstream_bad_response")
+        finally:
+            handler.up_uncork()
 
     def _fail(self, reason: str) -> None:
         handler = self.handler

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections import deque
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any, Protocol
 
 import httptools
@@ -28,7 +28,7 @@ MAX_LINE = 8192  # request line -> 414
 MAX_FIELD = 8192  # one header field -> 431
 MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
 MAX_HEADERS = 100  # header count -> 431
-BLOCK_UP, BLOCK_PIPE = 1, 2  # client read blocks (4 = waiting for a connection, in Exchange)
+BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
 
 
 class Metrics(Protocol):
@@ -72,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_body = 0.0
         self.head_size = 0
         self.url_done = False
+        self.corked: list[bytes] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,14 +144,29 @@ class ClientConnection(asyncio.Protocol):
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self.corked is not None:
+            self.corked.append(data)
+        elif not self.closed:
             self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if not self.closed:
+        if self.corked is not None:
+            self.corked.extend(parts)
+        elif not self.closed:
             self.transport.writelines(parts)
 
+    def cork(self) -> None:
+        """Collect writes until `uncork`: one upstream read becomes one send to the client."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        out, self.corked = self.corked, None
+        if out and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def abort(self) -> None:
+        self.uncork()  # what was received before the failure still reaches the client
         self.closing = True
         if not self.closed:
             self.closed = True
@@ -189,6 +205,8 @@ class ClientConnection(asyncio.Protocol):
             self.queue.remove(ex)
         if self.closed:
             return
+        self.uncork()
+        self.unblock_read(BLOCK_UP | BLOCK_CONN)  # blocks set on behalf of `ex` end with it
         if ex.close_after:
             self.closed = True
             self.closing = True
@@ -355,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
         if self.rid is not None and hdr.valid_request_id(self.rid):
             rid = self.rid
         else:
-            rid = uuid.uuid4().hex.encode()
+            rid = _new_request_id()
         trusted = self.limits.trusted_hops
         return {
             "method": method,
@@ -398,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
             "headers": [],
             "content_length": None,
             "chunked": False,
-            "request_id": uuid.uuid4().hex.encode(),
+            "request_id": _new_request_id(),
             "client_ip": self.peer,
             "connection": frozenset(),
             "xff": b"",
@@ -432,6 +450,15 @@ class ClientConnection(asyncio.Protocol):
             self.queue[-1].req_done = True
         if not self.parser.should_keep_alive() or self.requests >= self.limits.keepalive_requests:
             self._stop_reading()
+
+
+def _new_request_id() -> bytes:
+    """A uuid4-format hex id; random.getrandbits avoids a urandom syscall per request."""
+    return b"%032x" % (getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
+
+
+_UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
+_UUID4_BITS = 0x4000 << 64 | 0x8000 << 48
 
 
 def _origin_form(target: bytes) -> bytes:
