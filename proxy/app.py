@@ -534,7 +534,7 @@ async def _serve(config_path: str, state_dir: str) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_hup, app)
     await stop.wait()
     assert app.config is not None
     started = time.monotonic()
@@ -543,6 +543,11 @@ async def _serve(config_path: str, state_dir: str) -> int:
     await app.stop()
     log.info("stopped after %.1f s of draining", time.monotonic() - started)
     return 0
+
+
+def _reload_on_hup(app: App) -> None:
+    result = app.reload()
+    log.info("SIGHUP: reload %s", result["result"])
 
 
 async def _quiet_stop(app: App) -> None:

@@ -146,7 +146,9 @@ async def test_sighup_or_file_watch_reloads_a_running_server(tmp_path) -> None:
                     raise AssertionError("SIGHUP did not reload")
         finally:
             proc.terminate()
-            assert await asyncio.wait_for(proc.wait(), 15) == 0
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+            assert proc.returncode == 0
+            assert b"SIGHUP: reload" in err
 
 
 async def test_public_admin_without_token_refuses_to_start(tmp_path) -> None:
