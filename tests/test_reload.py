@@ -14,6 +14,7 @@ from test_app_helpers import (
     failures,
     proxy_get,
     running_app,
+    start_upstream,
     upstreams,
     write,
 )
@@ -117,3 +118,35 @@ async def test_100_reloads_under_load_fail_no_request(tmp_path) -> None:
             print(f"100 reloads under load: {dict(seen)}")
             assert failures(seen) == 0
             assert seen["v1"] > 50 and seen["v2"] > 20
+
+
+async def test_removed_subset_finishes_its_in_flight_request(tmp_path) -> None:
+    r1, p1 = await start_upstream("v1")
+    r2, p2 = await start_upstream("v2", delay=0.5)
+    only_v1 = f"""\
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0}}
+access_log: false
+upstreams:
+  v1: {{endpoints: ["127.0.0.1:{p1}"]}}
+routes:
+  - name: default
+    route: [{{destination: v1}}]
+"""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_text(p1, p2, 0, 100))
+    try:
+        async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
+            admin = Admin(s, app)
+            slow = asyncio.create_task(proxy_get(s, app, "/slow"))
+            await asyncio.sleep(0.2)  # the request is with v2 now
+            write(cfg, only_v1)
+            _, ans = await admin.call("POST", "/api/v1/reload")
+            assert ans["result"] == "ok"  # type: ignore[index]
+            assert await proxy_get(s, app) == (200, "v1")
+            assert await asyncio.wait_for(slow, 5) == (200, "v2")
+            status, ans = await admin.call("POST", "/api/v1/undo", {"to_revision": 1})
+            assert status == 400 and "gone" in ans["error"]  # type: ignore[index]
+    finally:
+        await r1.cleanup()
+        await r2.cleanup()
