@@ -9,6 +9,7 @@ other side's reads. Nothing here awaits: timers are `loop.call_later` handles.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from proxy.dataplane_upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
 from proxy.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
 if TYPE_CHECKING:
+    from proxy.routing.table import CompiledRoute
     from proxy.server import ClientConnection
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -48,13 +50,14 @@ class Exchange:
         self.proto: bytes | None = req["proto"]
         self.has_host: bool = req["has_host"]
         self.expect_continue = False
-        self.route = None
+        # route, pool and ep are set by prepare()/_on_conn() before anything reads them.
+        self.route: CompiledRoute = None  # type: ignore[assignment]
         self.subset = ""
         self.set_cookie: str | None = None
         self.mirror: str | None = None
-        self.pool: UpstreamPool | None = None
+        self.pool: UpstreamPool = None  # type: ignore[assignment]
         self.conn: UpstreamConnection | None = None
-        self.ep: Endpoint | None = None
+        self.ep: Endpoint = None  # type: ignore[assignment]
         self.local: str | None = req["error"]  # reason of a proxy-made answer
         self.fault_status = 0
         self.attempts_left = 0
@@ -70,7 +73,7 @@ class Exchange:
         self.bytes_sent = 0
         self.close_after = False
         self.done = False
-        self.timer = None
+        self.timer: asyncio.TimerHandle | None = None
         self.per_try = False
         self.upstream_addr = ""
         self.error = ""
@@ -98,9 +101,11 @@ class Exchange:
         elif not self.subset:
             self.local = "no_destination"
         else:
-            self.pool = self.client.server.pools.pool(self.subset)
-            if self.pool is None:
+            pool = self.client.server.pools.pool(self.subset)
+            if pool is None:
                 self.local = "no_destination"
+            else:
+                self.pool = pool
         self.attempts_left = route.retries.attempts
         self.expect_continue = expect is not None and not self.http10
 
@@ -181,8 +186,8 @@ class Exchange:
         if self.done:
             self.pool.release(conn, True)
             return
-        self.conn, self.ep = conn, ep
-        self.upstream_addr = ep.address
+        self.conn, self.ep = conn, conn.endpoint
+        self.upstream_addr = conn.endpoint.address
         conn.attach(self)
         self._send_head(conn)
         self._arm_response_timer()
@@ -393,8 +398,8 @@ class Exchange:
     def _arm_response_timer(self) -> None:
         route = self.route
         left = self.t0 + route.timeout - self.loop.time() if route.timeout > 0 else 1e9
-        per_try = route.retries.per_try_timeout
-        self.per_try = bool(per_try and per_try < left)
+        per_try = route.retries.per_try_timeout or 0.0
+        self.per_try = 0 < per_try < left
         delay = per_try if self.per_try else left
         self.timer = self.loop.call_later(max(delay, 0.0), self._response_timeout)
 

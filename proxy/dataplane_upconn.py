@@ -45,7 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
         self.pool = pool
         self.endpoint = endpoint
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.parser = httptools.HttpResponseParser(self)
         self.handler: Handler | None = None
         self.closed = False

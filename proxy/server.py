@@ -55,7 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.limits = server.limits
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.peer = ""
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()

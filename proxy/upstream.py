@@ -39,8 +39,17 @@ class Metrics(Protocol):
 class Endpoint:
     """One host:port of a Subset, with its health and its idle connections (LIFO)."""
 
-    __slots__ = ("address", "host", "port", "healthy", "ejected_until", "failures", "ejections")
-    __slots__ += ("idle", "active")
+    __slots__ = (
+        "address",
+        "host",
+        "port",
+        "healthy",
+        "ejected_until",
+        "failures",
+        "ejections",
+        "idle",
+        "active",
+    )
 
     def __init__(self, address: str, healthy: bool = True) -> None:
         self.address = address
@@ -69,7 +78,7 @@ class UpstreamPool:
         self._rr = 0
         self.connections = 0  # connecting + active + idle
         self.in_flight = 0  # requests holding a slot
-        self._pending: deque[tuple[AcquireCallback, Endpoint | None, asyncio.TimerHandle]] = deque()
+        self._pending: deque[tuple[AcquireCallback, Endpoint, asyncio.TimerHandle]] = deque()
         self.draining = False
         self._loop_: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
