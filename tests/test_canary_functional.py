@@ -18,7 +18,7 @@ from proxy.demo_upstream import Behaviour, Upstream
 INTERVAL = 0.3
 
 
-def config_text(v1: str, v2: str, analysis: str, extra: str = "") -> str:
+def config_text(v1: str, v2: str, analysis: str, extra: str = "", route_extra: str = "") -> str:
     return f"""
 listen: 127.0.0.1:0
 admin: {{listen: "127.0.0.1:0"}}
@@ -29,6 +29,7 @@ upstreams:
 routes:
   - name: default
     route: [{{destination: v1, weight: 100}}, {{destination: v2, weight: 0}}]
+{route_extra}
 canaries:
   - name: web
     route: default
@@ -64,11 +65,14 @@ class Rig:
         self._load: asyncio.Task[None] | None = None
         self.session: aiohttp.ClientSession | None = None
 
-    async def start(self, analysis: str = DEFAULT_ANALYSIS, extra: str = "") -> App:
+    async def start(
+        self, analysis: str = DEFAULT_ANALYSIS, extra: str = "", route_extra: str = ""
+    ) -> App:
         await self.v1.start()
         await self.v2.start()
         path = self.tmp / "config.yaml"
-        path.write_text(config_text(self.v1.address, self.v2.address, analysis, extra))
+        text = config_text(self.v1.address, self.v2.address, analysis, extra, route_extra)
+        path.write_text(text)
         return await self.start_app()
 
     async def start_app(self) -> App:
@@ -77,19 +81,40 @@ class Rig:
         self.session = self.session or aiohttp.ClientSession()
         return self.app
 
-    def load(self, concurrency: int = 4, pause: float = 0.005) -> None:
-        self._load = asyncio.get_running_loop().create_task(self._run_load(concurrency, pause))
+    def load(
+        self,
+        concurrency: int = 4,
+        pause: float = 0.005,
+        headers: Callable[[int], dict[str, str]] | None = None,
+        seen: Callable[[dict[str, str], str], None] | None = None,
+    ) -> None:
+        """Steady requests; `headers(n)` shapes request n, `seen(headers, version)` watches."""
+        work = self._run_load(concurrency, pause, headers or (lambda n: {}), seen)
+        self._load = asyncio.get_running_loop().create_task(work)
 
-    async def _run_load(self, concurrency: int, pause: float) -> None:
+    async def _run_load(
+        self,
+        concurrency: int,
+        pause: float,
+        headers: Callable[[int], dict[str, str]],
+        seen: Callable[[dict[str, str], str], None] | None,
+    ) -> None:
+        sent = 0
+
         async def worker() -> None:
+            nonlocal sent
             while True:
                 assert self.app is not None and self.session is not None
                 url = f"http://127.0.0.1:{self.app.proxy_port}/"
+                sent += 1
+                h = headers(sent)
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with self.session.get(url) as r:
+                    async with self.session.get(url, headers=h) as r:
                         await r.read()
                         v = r.headers.get("x-version", "?")
                         self.seen[v] = self.seen.get(v, 0) + 1
+                        if seen is not None:
+                            seen(h, v)
                 await asyncio.sleep(pause)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
