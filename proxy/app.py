@@ -539,7 +539,13 @@ async def _serve(config_path: str, state_dir: str) -> int:
     assert app.config is not None
     started = time.monotonic()
     log.info("draining (up to %.0f s)", app.config.limits.drain_timeout)
-    await app.drain(app.config.limits.drain_timeout)
+    drain = asyncio.ensure_future(app.drain(app.config.limits.drain_timeout))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop waiting
+        loop.add_signal_handler(sig, drain.cancel)
+    try:
+        await drain
+    except asyncio.CancelledError:
+        log.warning("second stop signal: closing in-flight requests now")
     await app.stop()
     log.info("stopped after %.1f s of draining", time.monotonic() - started)
     return 0

@@ -171,3 +171,28 @@ async def test_invalid_config_exits_1_with_the_reason(tmp_path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 1
     assert b"bogus" in err
+
+
+async def test_second_sigterm_stops_without_waiting_for_the_drain(tmp_path) -> None:
+    r1, p1 = await start_upstream("v1", delay=60.0)
+    cfg = tmp_path / "c.yaml"
+    proxy_port, admin_port = _serve_config(cfg, p1, p1)
+    cfg.write_text(cfg.read_text().replace("drain_timeout: 10s", "drain_timeout: 60s"))
+    proc = await _serve(cfg, tmp_path / "s")
+    try:
+        async with aiohttp.ClientSession() as s:
+            await _wait_ready(s, admin_port)
+            hung = asyncio.create_task(s.get(f"http://127.0.0.1:{proxy_port}/hang"))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            # bounded well below the 60 s drain and the 60 s upstream delay
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+            with pytest.raises(aiohttp.ClientError):
+                await asyncio.wait_for(hung, 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await r1.cleanup()
