@@ -28,6 +28,8 @@ REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so that a retry can r
 NO_BODY, RAW, CHUNKED, CLOSE = 0, 1, 2, 3
 RETRY_STATUS = {502: "502", 503: "503", 504: "504"}
 BLOCK_CONN = 4  # client read block: body waits for an upstream connection
+_NONE: frozenset[bytes] = frozenset()
+_POLICIES: dict[tuple[CompiledRoute, str], hdr.Policy] = {}  # per (route, subset)
 
 
 class Exchange:
@@ -157,13 +159,8 @@ class Exchange:
             metrics.mirrored(self.route.name, mirror)
 
     def _build_head(self) -> bytes:
-        route = self.route
-        ops = [hdr.compile_ops(route.headers.request)]
-        dest = route.dest_headers.get(self.subset)
-        if dest is not None:
-            ops.append(hdr.compile_ops(dest.request))
         lines = hdr.request_lines(
-            self.headers, self.connection, self.xff, self.proto, self.request_id, ops
+            self.headers, self.connection, self.xff, self.proto, self.request_id, self._policy()
         )
         if self.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -172,6 +169,17 @@ class Exchange:
         else:
             framing = b""
         return lines + framing + b"\r\n"
+
+    def _policy(self) -> hdr.Policy:
+        key = (self.route, self.subset)  # CompiledRoute hashes by identity
+        policy = _POLICIES.get(key)
+        if policy is None:
+            if len(_POLICIES) > 4096:
+                _POLICIES.clear()  # old tables after many reloads
+            dest = self.route.dest_headers.get(self.subset)
+            found = [self.route.headers] + ([dest] if dest is not None else [])
+            policy = _POLICIES[key] = hdr.build_policy(found)
+        return policy
 
     def _attempt(self, fresh: bool) -> None:
         if self.loop.time() - self.t0 >= self.route.timeout > 0:
@@ -308,12 +316,8 @@ class Exchange:
                 connection.append(value)
             elif lname == b"content-length":
                 length = value
-        route = self.route
-        ops = [hdr.compile_ops(route.headers.response)]
-        dest = route.dest_headers.get(self.subset)
-        if dest is not None:
-            ops.append(hdr.compile_ops(dest.response))
-        lines = hdr.response_lines(headers, hdr.nominated(connection), ops, self.set_cookie)
+        nominated = hdr.nominated(connection) if connection else _NONE
+        lines = hdr.response_lines(headers, nominated, self._policy(), self.set_cookie)
         framing = self._framing(status, length)
         c = self.client
         self.close_after = self.close_after or c.must_close(self)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-from proxy.config.schema import HeaderOps
+from proxy.config.schema import HeaderOps, HeaderPolicy
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, name as received, value)
 
@@ -83,29 +82,41 @@ def client_address(peer: str, xff: bytes | None, trusted_hops: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledOps:
-    """HeaderOps in wire form, built once per HeaderOps value."""
+class Policy:
+    """The header edits of one (route, destination) pair in wire form, built once."""
 
-    drop: frozenset[bytes]  # lower-case names removed before set/add
-    lines: bytes  # "Name: value\r\n" for set and add, in that order
+    req_drop: frozenset[bytes]  # request fields not forwarded (X-Forwarded-Proto replaced)
+    req_drop_trusted: frozenset[bytes]  # same, keeping an incoming X-Forwarded-Proto
+    req_lines: bytes  # "Name: value\r\n" for request set and add, route first
+    resp_drop: frozenset[bytes]
+    resp_lines: bytes
 
 
-@lru_cache(maxsize=1024)
-def compile_ops(ops: HeaderOps) -> CompiledOps:
+def _ops_drop(ops: HeaderOps) -> set[bytes]:
     drop = {n.lower().encode("latin-1") for n in ops.remove}
     drop.update(n.lower().encode("latin-1") for n, _ in ops.set)
-    lines = b"".join(
-        n.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for n, v in (*ops.set, *ops.add)
+    return drop
+
+
+def _ops_lines(ops: HeaderOps) -> bytes:
+    pairs = (*ops.set, *ops.add)
+    return b"".join(n.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for n, v in pairs)
+
+
+def build_policy(policies: Sequence[HeaderPolicy]) -> Policy:
+    """Merge the route's HeaderPolicy and the destination's (applied in that order)."""
+    req: set[bytes] = set(HOP_BY_HOP | REPLACED_ON_REQUEST | {b"x-forwarded-for"})
+    resp: set[bytes] = set(HOP_BY_HOP | {b"content-length"})
+    for pol in policies:
+        req |= _ops_drop(pol.request)
+        resp |= _ops_drop(pol.response)
+    return Policy(
+        req_drop=frozenset(req),
+        req_drop_trusted=frozenset(req - {b"x-forwarded-proto"}),
+        req_lines=b"".join(_ops_lines(p.request) for p in policies),
+        resp_drop=frozenset(resp),
+        resp_lines=b"".join(_ops_lines(p.response) for p in policies),
     )
-    return CompiledOps(frozenset(drop), lines)
-
-
-def _keep(headers: Iterable[Header], drop: frozenset[bytes]) -> list[bytes]:
-    out: list[bytes] = []
-    for lname, name, value in headers:
-        if lname not in drop:
-            out.append(name + b": " + value + b"\r\n")
-    return out
 
 
 def request_lines(
@@ -114,40 +125,36 @@ def request_lines(
     xff: bytes,
     proto: bytes | None,
     request_id: bytes,
-    ops: Sequence[CompiledOps],
+    policy: Policy,
 ) -> bytes:
     """Header block for the upstream request, without framing and without the final CRLF.
 
     `xff` is the full new X-Forwarded-For value; `proto` is None to keep an incoming
     X-Forwarded-Proto (trusted hop in front), else the value to set.
     """
-    drop = HOP_BY_HOP | connection | REPLACED_ON_REQUEST | {b"x-forwarded-for"}
-    if proto is None:
-        drop = drop - {b"x-forwarded-proto"}
-    for op in ops:
-        drop = drop | op.drop
-    parts = _keep(headers, drop)
+    drop = policy.req_drop if proto is not None else policy.req_drop_trusted
+    if connection:
+        drop = drop | connection
+    parts = [name + b": " + value + b"\r\n" for lname, name, value in headers if lname not in drop]
     parts.append(b"X-Forwarded-For: " + xff + b"\r\n")
     if proto is not None:
         parts.append(b"X-Forwarded-Proto: " + proto + b"\r\n")
     parts.append(b"X-Request-Id: " + request_id + b"\r\nVia: " + VIA + b"\r\n")
-    parts.extend(op.lines for op in ops)
+    parts.append(policy.req_lines)
     return b"".join(parts)
 
 
 def response_lines(
     headers: Sequence[Header],
     connection: frozenset[bytes],
-    ops: Sequence[CompiledOps],
+    policy: Policy,
     set_cookie: str | None,
 ) -> bytes:
     """Header block for the client response, without framing/Connection and final CRLF."""
-    drop = HOP_BY_HOP | connection | {b"content-length"}
-    for op in ops:
-        drop = drop | op.drop
-    parts = _keep(headers, drop)
+    drop = policy.resp_drop | connection if connection else policy.resp_drop
+    parts = [name + b": " + value + b"\r\n" for lname, name, value in headers if lname not in drop]
     parts.append(b"Via: " + VIA + b"\r\n")
-    parts.extend(op.lines for op in ops)
+    parts.append(policy.resp_lines)
     if set_cookie:
         parts.append(b"Set-Cookie: " + set_cookie.encode("latin-1") + b"\r\n")
     return b"".join(parts)

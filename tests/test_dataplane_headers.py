@@ -13,7 +13,7 @@ from util_servers import (
 )
 
 from proxy import headers as hdr
-from proxy.config.schema import HeaderOps
+from proxy.config.schema import HeaderOps, HeaderPolicy
 
 
 @pytest.mark.parametrize(
@@ -60,14 +60,23 @@ def test_request_lines_strip_hop_by_hop_and_apply_ops() -> None:
         (b"x-request-id", b"X-Request-Id", b"old"),
         (b"accept", b"Accept", b"*/*"),
     ]
-    ops = hdr.compile_ops(
-        HeaderOps(set=(("X-Env", "prod"),), add=(("X-Tag", "t"),), remove=("X-Drop",))
+    route = HeaderPolicy(
+        request=HeaderOps(set=(("X-Env", "prod"),), add=(("X-Tag", "t"),), remove=("X-Drop",))
     )
-    out = hdr.request_lines(headers, frozenset({b"x-secret"}), b"1.2.3.4", b"http", b"rid", [ops])
+    dest = HeaderPolicy(request=HeaderOps(set=(("X-Version", "v2"),)))
+    policy = hdr.build_policy([route, dest])
+    out = hdr.request_lines(headers, frozenset({b"x-secret"}), b"1.2.3.4", b"http", b"rid", policy)
     assert out == (
         b"Host: a\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\n"
-        b"X-Request-Id: rid\r\nVia: 1.1 canaryproxy\r\nX-Env: prod\r\nX-Tag: t\r\n"
+        b"X-Request-Id: rid\r\nVia: 1.1 canaryproxy\r\nX-Env: prod\r\nX-Tag: t\r\nX-Version: v2\r\n"
     )
+
+
+def test_trusted_hop_keeps_incoming_forwarded_proto() -> None:
+    headers = [(b"x-forwarded-proto", b"X-Forwarded-Proto", b"https")]
+    out = hdr.request_lines(headers, frozenset(), b"1.2.3.4", None, b"r", hdr.build_policy([]))
+    assert out.startswith(b"X-Forwarded-Proto: https\r\n")
+    assert out.count(b"X-Forwarded-Proto") == 1
 
 
 def test_response_lines_add_via_and_sticky_cookie() -> None:
@@ -77,7 +86,8 @@ def test_response_lines_add_via_and_sticky_cookie() -> None:
         (b"content-type", b"Content-Type", b"text/plain"),
         (b"transfer-encoding", b"Transfer-Encoding", b"chunked"),
     ]
-    out = hdr.response_lines(headers, hdr.nominated([b"x-hop"]), [], "v=v2; Path=/")
+    policy = hdr.build_policy([])
+    out = hdr.response_lines(headers, hdr.nominated([b"x-hop"]), policy, "v=v2; Path=/")
     assert (
         out == b"Content-Type: text/plain\r\nVia: 1.1 canaryproxy\r\nSet-Cookie: v=v2; Path=/\r\n"
     )
