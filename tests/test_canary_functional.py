@@ -343,3 +343,18 @@ async def test_state_survives_an_in_process_restart(rig: Rig) -> None:
         before["step"],
     )
     assert rig.weights()["v2"] == before["weight"]
+
+
+async def test_finished_rollout_survives_restart_and_keeps_manual_weights(rig: Rig) -> None:
+    app = await rig.start()
+    rig.load()
+    await rig.action("start")
+    await rig.wait_phase({"Succeeded"})
+    await rig.stop_load()
+    await rig.stop_app()
+    app = await rig.start_app()
+    assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 0.0, "v2": 100.0})
+    app.set_weights("default", {"v1": 60.0, "v2": 40.0})  # an operator takes over
+    await rig.stop_app()
+    await rig.start_app()
+    assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 60.0, "v2": 40.0})

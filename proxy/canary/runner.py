@@ -79,7 +79,8 @@ class CanaryRunner:
         self.collector.rebase(self.canary)
         if saved is not None:
             self.state = State.from_dict(saved)
-            self._converge("resume")
+            if self.state.phase in m.ACTIVE:  # a finished rollout leaves manual weights alone
+                self._converge("resume")
             if self.state.revision != fp and self.state.revision:
                 self._apply(m.NewRevision(time.time(), fp))
             elif self.state.phase in m.ACTIVE:
