@@ -1,0 +1,1 @@
+"""Fault suite: hostile input, failing upstreams, overload (all marked slow)."""
