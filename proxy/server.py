@@ -66,8 +66,13 @@ class ClientConnection(asyncio.Protocol):
         self.requests = 0
         self.blocks = 0
         self.write_paused = False
-        self.header_timer: asyncio.TimerHandle | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # One lazy timer for the idle and request-head deadlines: it wakes at most every
+        # `period` and re-arms itself, so a busy keep-alive connection creates no timer per
+        # request. The body timer exists only while a body is read.
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline_kind: str | None = None  # None | "idle" | "head"
+        self.deadline = 0.0
+        self.period = min(self.limits.header_timeout, self.limits.keepalive_timeout)
         self.body_timer: asyncio.TimerHandle | None = None
         self.last_body = 0.0
         self.head_size = 0
@@ -90,7 +95,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        for t in (self.header_timer, self.idle_timer, self.body_timer):
+        for t in (self.timer, self.body_timer):
             if t is not None:
                 t.cancel()
         for ex in list(self.queue):
@@ -110,13 +115,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-        if self.parsing is None and self.header_timer is None:
-            self.header_timer = self.loop.call_later(
-                self.limits.header_timeout, self._header_timeout
-            )
+        if self.parsing is None and self.deadline_kind != "head":
+            self._set_deadline("head", self.limits.header_timeout)  # from the first byte
         began = self.in_head
         try:
             self.parser.feed_data(data)
@@ -249,10 +249,30 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
-        self.idle_timer = self.loop.call_later(self.limits.keepalive_timeout, self._idle_timeout)
+        self._set_deadline("idle", self.limits.keepalive_timeout)
+
+    def _set_deadline(self, kind: str | None, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + seconds
+        if self.timer is None and kind is not None:
+            self.timer = self.loop.call_later(min(seconds, self.period), self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        kind = self.deadline_kind
+        if kind is None or self.closed:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer = self.loop.call_at(min(self.deadline, now + self.period), self._tick)
+            return
+        self.deadline_kind = None
+        if kind == "head":
+            self._header_timeout()
+        else:
+            self._idle_timeout()
 
     def _idle_timeout(self) -> None:
-        self.idle_timer = None
         if not self.queue and self.parsing is None and not self.in_head:
             self.closing = True
             self.closed = True
@@ -264,7 +284,6 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _header_timeout(self) -> None:
-        self.header_timer = None
         if self.parsing is None and not self.closing:
             self.reject("request_timeout")
 
@@ -344,9 +363,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.url_done = True
         self.head_size = 0
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
+        self.deadline_kind = None
         self.requests += 1
         req = self._request()
         ex = Exchange(self, req)
@@ -384,8 +401,8 @@ class ClientConnection(asyncio.Protocol):
             "content_length": int(self.cl[0]) if self.cl and error is None else None,
             "chunked": bool(self.te) and error is None,
             "request_id": rid,
-            "client_ip": hdr.client_address(self.peer, self.xff, trusted),
-            "connection": hdr.nominated(self.conn_values),
+            "client_ip": hdr.client_address(self.peer, self.xff, trusted) if trusted else self.peer,
+            "connection": hdr.nominated(self.conn_values) if self.conn_values else _NONE,
             "xff": hdr.forwarded_for(self.xff, self.peer),
             "proto": self.xfp if trusted > 0 and self.xfp else b"http",
             "has_host": self.hosts == 1,
@@ -477,6 +494,7 @@ def _origin_form(target: bytes) -> bytes:
     return target
 
 
+_NONE: frozenset[bytes] = frozenset()
 _SPECIAL = frozenset(
     {
         b"host",
