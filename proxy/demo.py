@@ -220,11 +220,19 @@ async def demo_main(args: Namespace, out: TextIO = sys.stdout) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    demo = Demo(args, out)
+    try:
+        demo = Demo(args, out)
+    except ValueError as exc:
+        print(f"canaryproxy demo: --interval: {exc}", file=sys.stderr)
+        return 2
     load_task: asyncio.Task[None] | None = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         try:
-            await demo.start()
+            try:
+                await demo.start()
+            except Exception as exc:  # noqa: BLE001 - e.g. StartupError: port in use
+                print(f"canaryproxy demo: {exc}", file=sys.stderr)
+                return 1
             load = Load(f"http://127.0.0.1:{demo.app.proxy_port}/", args.rps)
             load_task = asyncio.create_task(load.run(session))
             await demo.watch(stop)

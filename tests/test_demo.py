@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-
-import pytest
 
 from proxy.demo import live_line, result_line
 
@@ -85,7 +84,17 @@ def test_live_and_result_lines() -> None:
     assert result_line({**c, "phase": "Succeeded"}, 42.2, 2) == "promoted v2 in 42s"
 
 
-@pytest.mark.parametrize("bad", ["--interval=soon"])
-def test_bad_interval_is_an_error(bad: str) -> None:
-    out = demo(bad, timeout=20)
-    assert out.returncode != 0
+def test_bad_interval_is_a_clear_error() -> None:
+    out = demo("--interval=soon", timeout=20)
+    assert out.returncode == 2 and "--interval" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_busy_port_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = f"127.0.0.1:{s.getsockname()[1]}"
+        cmd = [sys.executable, "-m", "proxy", "demo", "--listen", busy, "--admin-listen",
+               "127.0.0.1:0"]  # fmt: skip
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and busy in out.stderr and "Traceback" not in out.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
@@ -24,15 +24,18 @@ from proxy.canary.machine import Phase, Settings, State
 from proxy.canary.providers import PrometheusProvider
 from proxy.config.schema import Canary, Config, MatchRule
 
+if TYPE_CHECKING:
+    from proxy.metrics import ProxyMetrics, VersionSnapshot
+
 log = logging.getLogger("canaryproxy.canary")
 STATUS_CODE = {Phase.SUCCEEDED: 1, Phase.FAILED: 2}  # others 0, as Flagger
 
 
 class CanaryHost(Protocol):
-    metrics: Any  # proxy.metrics.ProxyMetrics
+    metrics: ProxyMetrics  # canary weight/status/check gauges
 
     def current_config(self) -> Config: ...
-    def snapshot(self, route: str, version: str) -> Any: ...  # metrics.VersionSnapshot
+    def snapshot(self, route: str, version: str) -> VersionSnapshot: ...  # cumulative
     def apply_canary(
         self,
         canary: str,
