@@ -328,3 +328,93 @@ async def test_added_endpoint_with_health_check_waits_for_first_pass(checked: bo
         await p.close()
         await a.close()
         await b.close()
+
+
+async def test_per_try_timeout_moves_to_the_next_endpoint() -> None:
+    release = asyncio.Event()
+
+    async def stuck(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    slow = await start_upstream(stuck)
+    fast = await start_upstream()
+    cfg = simple_config(
+        {"v1": [slow.address, fast.address]},
+        extra_route='    retries: {attempts: 1, per_try_timeout: 0.2s, retry_on: ["504"]}',
+    )
+    p = await start_proxy(cfg)
+    try:
+        for _ in range(2):
+            out = await raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + CLOSE + b"\r\n")
+            assert status_of(out) == 200
+        assert len(slow.requests) >= 1 and len(fast.requests) == 2
+    finally:
+        release.set()
+        await p.close()
+        await slow.close()
+        await fast.close()
+
+
+async def test_large_body_is_not_retried() -> None:
+    async def unavailable(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=503, text="busy")
+
+    bad = await start_upstream(unavailable)
+    cfg = simple_config(
+        {"v1": [bad.address]}, extra_route='    retries: {attempts: 2, retry_on: ["503"]}'
+    )
+    p = await start_proxy(cfg)
+    try:
+        big = b"x" * (200 * 1024)
+        req = b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n" % len(big) + CLOSE + b"\r\n"
+        out = await raw_exchange(p.port, req + big)
+        assert status_of(out) == 503 and len(bad.requests) == 1  # body not kept: no replay
+        small = b"y" * 1000
+        req = b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n" % len(small) + CLOSE + b"\r\n"
+        out = await raw_exchange(p.port, req + small)
+        assert status_of(out) == 503 and len(bad.requests) == 4  # 1 + 2 retries
+    finally:
+        await p.close()
+        await bad.close()
+
+
+async def test_max_requests_in_flight_503() -> None:
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="ok")
+
+    up = await start_upstream(hold)
+    cfg = simple_config({"v1": [up.address]}, upstream_extra=", max_requests: 1")
+    p = await start_proxy(cfg)
+    try:
+        req = b"GET / HTTP/1.1\r\nHost: a\r\n" + CLOSE + b"\r\n"
+        first = asyncio.create_task(raw_exchange(p.port, req))
+        await asyncio.sleep(0.2)
+        out = await raw_exchange(p.port, req)
+        assert status_of(out) == 503 and b"x-canaryproxy-error: overloaded" in out
+        release.set()
+        assert status_of(await first) == 200
+    finally:
+        release.set()
+        await p.close()
+        await up.close()
+
+
+async def test_upgrade_request_is_served_without_upgrade_then_closed() -> None:
+    up = await start_upstream()
+    p = await start_proxy(simple_config({"v1": [up.address]}))
+    try:
+        out = await raw_exchange(
+            p.port,
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        assert status_of(out) == 200 and out.count(b"HTTP/1.1 ") == 1
+        assert "Upgrade" not in up.requests[0]["headers"]
+    finally:
+        await p.close()
+        await up.close()
