@@ -143,7 +143,11 @@ class CanaryRunner:
             self._wake.clear()
             if self._next is not None and _mono() >= self._next:
                 self._next = None
-                await self._tick()
+                try:
+                    await self._tick()
+                except Exception:  # a bad tick must not stop the canary: retry next interval
+                    log.exception("%s: tick failed", self.canary.name)
+                    self._schedule(self.settings.interval)
 
     async def _tick(self) -> None:
         before = self.state
