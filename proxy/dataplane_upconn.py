@@ -143,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._no_body = False
         self._headers = []
         self._cl = 0
         self._te = False

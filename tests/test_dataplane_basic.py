@@ -188,3 +188,37 @@ async def test_access_log_writes_json_lines(upstream: Upstream, tmp_path) -> Non
     line = json.loads(path.read_text().splitlines()[0])
     assert line["path"] == "/logged" and line["status"] == 200 and line["version"] == "v1"
     assert line["upstream"] == upstream.address and line["route"] == "default"
+
+
+async def test_head_answer_without_length_keeps_connection_in_sync() -> None:
+    """A HEAD answer with neither Content-Length nor chunking ends at its head."""
+    served: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            served.append(head.split(b" ", 1)[0])
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Head: 1\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget")
+            await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    p = await start_proxy(simple_config({"v1": [f"127.0.0.1:{port}"]}))
+    try:
+        out = await raw_exchange(
+            p.port,
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        assert out.count(b"HTTP/1.1 200") == 2 and out.endswith(b"get")
+        assert served == [b"HEAD", b"GET"]
+    finally:
+        await p.close()
+        srv.close()
+        await asyncio.sleep(0.05)
