@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from proxy.canary.plan import PlanStep, describe, plan
+from proxy.canary.plan import PlanStep as PlanStep  # re-exported for the machine's callers
+from proxy.canary.plan import describe as describe
+from proxy.canary.plan import plan as plan
 from proxy.config.schema import Canary, MatchRule
-
-__all__ = ["PlanStep", "describe", "plan"]  # re-exported: the machine's callers need them
 
 
 class Phase(StrEnum):
