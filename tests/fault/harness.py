@@ -91,6 +91,8 @@ class UpstreamProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -141,6 +143,7 @@ def config_text(
     weights: dict[str, float] | None = None,
     limits: dict[str, Any] | None = None,
     extra_route: str = "",
+    upstream_opts: str = "idle_timeout: 1s",
 ) -> str:
     """A proxy config: one `default` route splitting over `upstreams` by `weights`."""
     weights = weights or {name: 1 for name in upstreams}
@@ -150,7 +153,9 @@ def config_text(
         inner = ", ".join(f"{k}: {v}" for k, v in limits.items())
         lines.append(f"limits: {{{inner}}}")
     lines.append("upstreams:")
-    lines += [f'  {n}: {{endpoints: ["{a}"]}}' for n, a in upstreams.items()]
+    opts = f", {upstream_opts}" if upstream_opts else ""
+    # A short pool idle timeout lets the fd count settle back to its baseline quickly.
+    lines += [f'  {n}: {{endpoints: ["{a}"]{opts}}}' for n, a in upstreams.items()]
     lines.append("routes:")
     if extra_route:
         lines.append(extra_route.rstrip())
@@ -565,3 +570,30 @@ def summarize(ledger: list[Entry], upstreams: list[UpstreamProcess], run: str) -
         "error_window_s": None if window is None else round(window[1] - window[0], 3),
         "error_window": window,
     }
+
+
+# --------------------------------------------------------------------- admin API
+
+
+async def admin_post(port: int, path: str, body: bytes = b"{}") -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    status, _, data = await fetch(port, "POST", path, body, headers=headers)
+    return status, data
+
+
+async def metric_values(port: int, name: str) -> dict[str, float]:
+    """Samples of one metric from the admin /metrics: {'{labels}': value}."""
+    _, _, data = await fetch(port, "GET", "/metrics")
+    out: dict[str, float] = {}
+    for line in data.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line[len(name) :].rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a file in one step, so a watcher never reads half a config."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
