@@ -252,12 +252,17 @@ class Exchange:
 
     # --- client side events --------------------------------------------------------------------
     def client_body(self, data: bytes) -> None:
-        if self.done or self.local is not None:
+        if self.local is not None:
             return
         self.body_bytes += len(data)
-        if self.route is not None and self.body_bytes > self.route.max_body:
-            self.client_error("body_too_large")
+        if self.body_bytes > self.route.max_body:
+            if self.done:  # answered early; the rest is discarded, but not without end
+                self.client.abort()
+            else:
+                self.client_error("body_too_large")
             return
+        if self.done:
+            return  # the upstream answered before the body ended: read and drop the rest
         conn = self.conn
         if conn is not None:
             conn.transport.writelines(self._frame(data))
@@ -278,6 +283,7 @@ class Exchange:
     def client_error(self, reason: str) -> None:
         """The request stream broke (bad chunk, too large, too slow)."""
         if self.done:
+            self.client.abort()  # answered already: only the connection is left to end
             return
         self._drop_conn()
         if self.resp_started:
@@ -356,8 +362,8 @@ class Exchange:
         if self.mode == CHUNKED:
             self.client.write(b"0\r\n\r\n")
         conn, self.conn = self.conn, None
-        if not self.req_done:
-            self.close_after = True  # the rest of the request body will not be read
+        # An answer before the request body ended (e.g. nginx `return`): the client side keeps
+        # reading and dropping the rest of the body; the upstream connection is not reused.
         if conn is not None:
             self.pool.release(conn, reusable and self.req_done)
         self._finish(self.status)

@@ -222,3 +222,34 @@ async def test_head_answer_without_length_keeps_connection_in_sync() -> None:
         await p.close()
         srv.close()
         await asyncio.sleep(0.05)
+
+
+async def test_early_answer_drops_rest_of_body_and_keeps_client_connection() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")  # body not read
+        await writer.drain()
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    p = await start_proxy(simple_config({"v1": [f"127.0.0.1:{port}"]}))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        size = 2 * 1024 * 1024
+        writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"z" * 65536)
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"early"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+        writer.write(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"early")
+        writer.close()
+    finally:
+        await p.close()
+        srv.close()
+        await asyncio.sleep(0.05)
