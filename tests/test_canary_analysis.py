@@ -143,3 +143,22 @@ def test_goal_tracker_counts_distinct_users_and_names_a_winner() -> None:
     assert res["winner"] == "v2"
     t.reset("ab")
     assert t.results(c)[0]["winner"] is None
+
+
+def test_goal_tracker_observe_finds_the_user_key_like_the_split() -> None:
+    from proxy.config.schema import Config, Destination, Route, Split, Upstream
+
+    c = Canary("ab", "shop", "v1", "v2", mode="ab", goals=(Goal("buy", "/buy"),))
+    routes = (Route("shop", (Destination("v1"), Destination("v2")),
+                    split=Split("cookie", "uid")),)  # fmt: skip
+    config = Config("127.0.0.1:0", (Upstream("v1", ("a:1",)), Upstream("v2", ("b:1",))), routes,
+                    canaries=(c,))  # fmt: skip
+    t = g.GoalTracker()
+    t.configure(config.canaries, config)
+    t.observe("shop", "v2", "GET", "/", {"cookie": "a=1; uid=alice"}, "10.0.0.1")
+    t.observe("shop", "v2", "POST", "/buy?x=1", {"cookie": "uid=alice"}, "10.0.0.2")
+    t.observe("shop", "v2", "GET", "/", {}, "10.0.0.3")  # no key: not counted
+    v2 = t.results(c)[0]["versions"]["v2"]  # type: ignore[index]
+    assert (v2["users"], v2["converted"]) == (1, 1)
+    assert g.key_source(config, "other") == ("header", "user-id")
+    assert g.user_key(("source_ip", ""), {}, "1.2.3.4") == "1.2.3.4"

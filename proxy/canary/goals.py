@@ -9,11 +9,11 @@ a two-sided two-proportion z-test between the versions, and a winner only when p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.canary.judge import normal_sf
-from proxy.config.schema import Canary, Goal
+from proxy.config.schema import Canary, Config, Goal
 
 MAX_USERS = 200_000  # per (route, version) set: bounds memory on a busy route
 
@@ -82,16 +82,34 @@ class GoalTracker:
 
     def __init__(self) -> None:
         self._routes: dict[str, list[_Watch]] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
         self._exposed: dict[tuple[str, str], set[str]] = {}
         self._converted: dict[tuple[str, str, str], set[str]] = {}
 
-    def configure(self, canaries: Iterable[Canary]) -> None:
+    def configure(self, canaries: Iterable[Canary], config: Config | None = None) -> None:
         """Track the goals of these canaries; counts of unchanged canaries are kept."""
-        self._routes = {}
+        self._routes, self._keys = {}, {}
         for c in canaries:
             if c.goals:
                 w = _Watch(c.name, (c.stable, c.canary), c.goals)
                 self._routes.setdefault(c.route, []).append(w)
+                if config is not None:
+                    self._keys[c.route] = key_source(config, c.route)
+
+    def observe(
+        self,
+        route: str,
+        version: str,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        client_ip: str,
+    ) -> None:
+        """The data plane's one call per answered request: finds the user key itself."""
+        if route in self._routes:
+            source = self._keys.get(route, ("header", "user-id"))
+            key = user_key(source, headers, client_ip)
+            self.record(route, version, method, target.split("?", 1)[0], key)
 
     def reset(self, canary: str) -> None:
         """A new rollout starts counting from zero."""
@@ -127,3 +145,34 @@ class GoalTracker:
 def _add(s: set[str], key: str) -> None:
     if len(s) < MAX_USERS:
         s.add(key)
+
+
+def key_source(config: Config, route: str) -> tuple[str, str]:
+    """Who "a user" is on this route: its split key, else its sticky cookie, else the
+    identity user header (the same key that keeps a user on one version)."""
+    r = config.route(route)
+    if r is not None and r.split.by in ("header", "cookie"):
+        return r.split.by, r.split.name.lower() if r.split.by == "header" else r.split.name
+    if r is not None and r.split.by == "source_ip":
+        return "source_ip", ""
+    if r is not None and r.sticky is not None:
+        return "cookie", r.sticky.cookie
+    return "header", config.identity.user_header.lower()
+
+
+def user_key(source: tuple[str, str], headers: Mapping[str, str], client_ip: str) -> str:
+    """The user key of one request; "" when the request carries none."""
+    kind, name = source
+    if kind == "header":
+        return headers.get(name, "")
+    if kind == "cookie":
+        return cookie(headers.get("cookie", ""), name)
+    return client_ip
+
+
+def cookie(header: str, name: str) -> str:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v.strip('"')
+    return ""

@@ -289,7 +289,7 @@ class CanaryManager:
             self._session = aiohttp.ClientSession()
             self._notifier = wh.Notifier(self._session)
         assert self._notifier is not None
-        self.goals.configure(config.canaries)
+        self.goals.configure(config.canaries, config)
         wanted = {c.name: c for c in config.canaries}
         for name in [n for n in self.runners if n not in wanted]:
             await self.runners.pop(name).stop()
