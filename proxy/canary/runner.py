@@ -99,6 +99,10 @@ class CanaryRunner:
         self.canary, self.settings = canary, Settings.of(canary)
         fp = fingerprint(config, canary)
         if fp != self.state.revision:
+            if self.state.promoted:
+                log.warning("%s: %s was promoted; this rollout starts again from stable %s "
+                            "(name the promoted subset as stable to roll forward from it)",
+                            canary.name, canary.canary, canary.stable)  # fmt: skip
             self._apply(m.NewRevision(time.time(), fp))
 
     async def stop(self) -> None:
