@@ -45,6 +45,7 @@ class Case:
     pause: float = 0.0
     timeout: float = 3.0
     no_interim: bool = False  # no `100 Continue` may be sent
+    body_len: int | None = None  # for `pass`: the body length the upstream must receive
     source: str = "RELIABILITY.md"
     notes: tuple[str, ...] = field(default=())
 
@@ -84,7 +85,7 @@ def _content_length() -> list[Case]:
         Case("CL empty", _req(cl, "Content-Length: ", body=body), "reject"),
         Case("CL overflow", _req(cl, "Content-Length: 99999999999999999999999", body=body), "reject", (400, 413)),
         Case("CL with space before colon", _req(cl, "Content-Length : 5", body=body), "reject"),
-        Case("CL valid", _req("POST /cl HTTP/1.1", "Content-Length: 5", body=b"hello"), "pass"),
+        Case("CL valid", _req("POST /cl HTTP/1.1", "Content-Length: 5", body=b"hello"), "pass", body_len=5),
     ]  # fmt: skip
 
 
@@ -106,7 +107,7 @@ def _transfer_encoding() -> list[Case]:
         Case("TE.CL smuggle", _req(te, "Transfer-Encoding: chunked", "Content-Length: 3", body=b"8\r\nSMUGGLED\r\n" + PROBE_BODY), "reject"),
         Case("chunk size 0x5", _req(te, "Transfer-Encoding: chunked", body=b"0x5\r\nhello\r\n" + PROBE_BODY), "safe", bad, forwarded=0),
         Case("chunk size with LF only", _req(te, "Transfer-Encoding: chunked", body=b"5\nhello\n" + PROBE_BODY), "safe", bad, forwarded=0),
-        Case("TE chunked valid", _req("POST /te HTTP/1.1", "Transfer-Encoding: chunked", body=b"5\r\nhello\r\n0\r\n\r\n"), "pass"),
+        Case("TE chunked valid", _req("POST /te HTTP/1.1", "Transfer-Encoding: chunked", body=b"5\r\nhello\r\n0\r\n\r\n"), "pass", body_len=5),
     ]  # fmt: skip
 
 
@@ -158,7 +159,7 @@ def _expect_and_names() -> list[Case]:
         Case("Expect 100-continue, CL over max_body", _req(p, "Expect: 100-continue", "Content-Length: 20971520"),
              "reject", (413,), no_interim=True),
         Case("Expect 100-continue, small body", (_req(p, "Expect: 100-continue", "Content-Length: 5"), b"hello"),
-             "pass", pause=0.2),
+             "pass", pause=0.2, body_len=5),
         Case("underscore header dropped", _req("GET /u HTTP/1.1", "X_Forwarded_For: 6.6.6.6"), "pass",
              notes=("no-underscore",)),
         Case("pipelined two requests", _req("GET /p1 HTTP/1.1") + _req("GET /p2 HTTP/1.1"), "pass", forwarded=2),
@@ -240,7 +241,9 @@ def _guardian_case(case: dict, source: str, index: int) -> Case:
         body = b"a" * cl if cl is not None else (b"0\r\n\r\n" if chunked else b"")
         # RELIABILITY row 18 rejects any TE but exactly `chunked`; odd targets may be refused
         strict = (suspicious and cl is None and not chunked) or not _plain_target(case)
-        return Case(name, head + body, "safe" if strict else "pass", (400, 501), source=source)
+        size = cl if cl is not None else 0
+        kind: Kind = "safe" if strict else "pass"
+        return Case(name, head + body, kind, (400, 501), source=source, body_len=size)
     body = PROBE_BODY if suspicious else b""
     return Case(name, head + body, "safe", (400, 404, 405, 501, 505), source=source)
 

@@ -90,7 +90,12 @@ def _check_reject(case: Case, res: RawResult, reqs: list[dict], raw: bytes) -> N
 def _check_pass(case: Case, res: RawResult, reqs: list[dict], payload: bytes) -> None:
     assert res.status == 200, f"status {res.status}: {res.data[:200]!r}"
     assert len(reqs) == case.forwarded, f"upstream saw {len(reqs)} requests"
-    assert reqs[0]["method"].encode() == payload.split(b" ", 1)[0]
+    method, target = payload.split(b" ", 2)[:2]
+    assert reqs[0]["method"].encode() == method
+    if target.startswith(b"/"):  # origin-form is forwarded as sent
+        assert reqs[0]["url"].encode("latin-1") == target, reqs[0]["url"]
+    if case.body_len is not None:
+        assert reqs[0]["body_len"] == case.body_len, reqs[0]["body_len"]
     if "no-underscore" in case.notes:
         names = [k for k, _ in reqs[0]["headers"]]
         assert not [n for n in names if "_" in n], f"underscore header forwarded: {names}"
