@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_started: dict[int, subprocess.Popen[bytes]] = {}
+Proc = subprocess.Popen[bytes]
+_started: dict[int, Proc] = {}
 
 
 def have(program: str) -> str | None:

@@ -38,6 +38,7 @@ def start_upstreams(d: Path) -> tuple[Proc, tuple[int, int]]:
     nginx = procs.have("nginx")
     if not nginx:
         raise RuntimeError("nginx is needed for the upstream pair (apt-get install nginx)")
+    d.chmod(0o755)  # started by root, nginx workers run as nobody: they must read www/64k
     ports = (procs.free_port(), procs.free_port())
     conf = configs.upstream_nginx(d, ports)
     proc = procs.start(

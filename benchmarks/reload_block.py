@@ -94,6 +94,7 @@ def run(n_routes: int, reloads: int) -> dict[str, Any]:
             seconds = int(reloads * 0.6) + 2
             base = wrk.run(url, 1, seconds, script, SMALL_HEADERS)
             loaded, calls = load_with_reloads(url, script, seconds, reloads, rewrite, admin)
+            rss = procs.rss_mb(ours.proc.pid)
         finally:
             procs.stop(ours.proc)
             procs.stop(up_proc)
@@ -110,6 +111,7 @@ def run(n_routes: int, reloads: int) -> dict[str, Any]:
             "non_2xx": loaded.non_2xx,
         },
         "added_max_ms": round(loaded.max_ms - base.max_ms, 2),
+        "rss_mb_after": round(rss, 1),
     }
 
 

@@ -70,10 +70,8 @@ def measure(
     return row
 
 
-def cell(
-    url: str, pid: int | None, conns: int, plan: Plan, script: Path, s: Scenario
-) -> dict[str, Any]:
-    runs = [measure(url, pid, conns, plan.seconds, script, s) for _ in range(plan.runs)]
+def summarize(conns: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs of one cell; error counts summed."""
     keys = ("rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_s_per_10k")
     out: dict[str, Any] = {k: _median(runs, k) for k in keys}
     out["conns"] = conns
@@ -83,54 +81,74 @@ def cell(
     return out
 
 
-def bench_proxy(
-    name: str,
-    start: proxies.Starter,
-    d: Path,
-    up: tuple[int, int],
-    s: Scenario,
-    plan: Plan,
-    script: Path,
-) -> dict[str, Any]:
-    """Start one proxy for one scenario, measure every connection count, stop it."""
-    pd = d / f"{name}-{s.name}"
-    pd.mkdir()
-    running = start(pd, up, s)
-    try:
-        url = f"http://127.0.0.1:{running.port}"
-        wrk.run(url + s.path, 64, plan.warmup, script, s.headers)  # fill upstream pools
-        cells = [cell(url, running.proc.pid, c, plan, script, s) for c in plan.connections]
-        return {
-            "proxy": name,
-            "scenario": s.name,
-            "cells": cells,
-            "peak_rss_mb": procs.peak_rss_mb(running.proc.pid),
-        }
-    finally:
-        procs.stop(running.proc)
+class Target:
+    """One thing wrk is pointed at: a running proxy, or the upstream itself ("direct")."""
+
+    def __init__(self, name: str, url: str, proc: procs.Proc | None) -> None:
+        self.name, self.url, self.proc = name, url, proc
+        self.runs: dict[int, list[dict[str, Any]]] = {}
+
+    def measure(self, conns: int, plan: Plan, script: Path, s: Scenario) -> None:
+        pid = self.proc.pid if self.proc else None
+        row = measure(self.url, pid, conns, plan.seconds, script, s)
+        self.runs.setdefault(conns, []).append(row)
+
+    def row(self, scenario: str) -> dict[str, Any]:
+        cells = [summarize(c, runs) for c, runs in self.runs.items()]
+        rss = procs.peak_rss_mb(self.proc.pid) if self.proc else 0.0
+        return {"proxy": self.name, "scenario": scenario, "cells": cells, "peak_rss_mb": rss}
 
 
-def bench_scenario(
+def start_targets(
     s: Scenario, d: Path, up: tuple[int, int], plan: Plan, notes: list[str]
-) -> list[dict[str, Any]]:
-    script = d / f"{s.name}.lua"
-    script.write_text(scenarios.wrk_script(s))
-    direct = cell(f"http://127.0.0.1:{up[0]}", None, 1, plan, script, s)
-    rows: list[dict[str, Any]] = [
-        {"proxy": "direct", "scenario": s.name, "cells": [direct], "peak_rss_mb": 0.0}
-    ]
+) -> list[Target]:
+    """Every available proxy for this scenario, started side by side (idle ones cost nothing)."""
+    out = [Target("direct", f"http://127.0.0.1:{up[0]}", None)]
     for name, (start, note) in proxies.available().items():
         if name not in plan.proxies or (s.ours_only and name != "ours"):
             continue
         if start is None:
             _note(notes, f"{name}: skipped, {note}")
             continue
+        pd = d / f"{name}-{s.name}"
+        pd.mkdir()
         try:
-            rows.append(bench_proxy(name, start, d, up, s, plan, script))
-        except (RuntimeError, ValueError, OSError) as e:
-            _note(notes, f"{name}/{s.name}: failed: {e}")
-        print(f"  {s.name}: {name} done", file=sys.stderr, flush=True)
-    return rows
+            running = start(pd, up, s)
+        except (RuntimeError, OSError) as e:
+            _note(notes, f"{name}/{s.name}: did not start: {e}")
+            continue
+        out.append(Target(name, f"http://127.0.0.1:{running.port}", running.proc))
+    return out
+
+
+def bench_scenario(
+    s: Scenario, d: Path, up: tuple[int, int], plan: Plan, notes: list[str]
+) -> list[dict[str, Any]]:
+    """All proxies of one scenario, runs interleaved (proxy order rotating each run), so a
+    burst of noise from elsewhere on the machine spreads over every proxy, not one."""
+    script = d / f"{s.name}.lua"
+    script.write_text(scenarios.wrk_script(s))
+    targets = start_targets(s, d, up, plan, notes)
+    try:
+        for t in targets[1:]:
+            wrk.run(t.url + s.path, 64, plan.warmup, script, s.headers)  # fill upstream pools
+        live = list(targets)
+        for conns in plan.connections:
+            for i in range(plan.runs):
+                for t in live[i % len(live) :] + live[: i % len(live)]:
+                    if t.name == "direct" and conns != 1:
+                        continue
+                    try:
+                        t.measure(conns, plan, script, s)
+                    except (RuntimeError, ValueError, OSError) as e:
+                        _note(notes, f"{t.name}/{s.name}: failed at {conns} connections: {e}")
+                        live.remove(t)
+        print(f"  {s.name}: done", file=sys.stderr, flush=True)
+        return [t.row(s.name) for t in targets if t.runs]
+    finally:
+        for t in targets:
+            if t.proc is not None:
+                procs.stop(t.proc)
 
 
 def _note(notes: list[str], text: str) -> None:
