@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
-import os
-import signal
-import socket
-import sys
-import time
 from argparse import Namespace
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.admin import AdminAPI, BadInput, NotFound, explain_args, readiness
+from proxy.admin import AdminAPI, BadInput
+from proxy.app_control import AdminControl
+from proxy.app_net import StartupError, bind, check_free, is_loopback, split_listen
 from proxy.config.load import load_text
-from proxy.config.schema import Config, MatchRule, Route
+from proxy.config.schema import Config, MatchRule
 from proxy.health import HealthChecker
 from proxy.metrics import ProxyMetrics, VersionSnapshot
 from proxy.routing.table import Overrides, RoutingTable, build_table
@@ -42,52 +38,27 @@ except ImportError:  # pragma: no cover - depends on what is installed
     CanaryManager = None  # type: ignore[assignment,misc]
 
 
-class StartupError(Exception):
-    """The proxy cannot start; the message says why. `code` is the exit status."""
+class App(AdminControl):
+    """One proxy: data plane + admin API + controllers, started and stopped in-process.
 
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """`0.0.0.0:8080`, `[::1]:9901` -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind(listen: str) -> socket.socket:
-    host, port = split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-class App:
-    """One proxy: data plane + admin API + controllers, started and stopped in-process."""
+    With `workers` > 1 this process is the supervisor: the data plane runs in that many
+    worker processes (proxy.workers) fed with every routing change, and `metrics` holds
+    the sum of their counters.
+    """
 
     def __init__(
-        self, config_path: str, state_dir: str = "./.canaryproxy", watch_interval: float = 1.0
+        self,
+        config_path: str,
+        state_dir: str = "./.canaryproxy",
+        watch_interval: float = 1.0,
+        workers: int = 1,
+        log_level: str = "info",
     ) -> None:
         """`watch_interval` 0 turns the file watcher off (SIGHUP and the API still reload)."""
         self.config_path = config_path
+        self.worker_count = workers
+        self.log_level = log_level
+        self.workers: Any = None  # a WorkerSet when worker_count > 1
         self.watch_interval = watch_interval
         self.store = StateStore(state_dir)
         self.registry = CollectorRegistry()
@@ -116,7 +87,10 @@ class App:
         self._commit_config(config, text_hash)
         if self._differs_from_head():
             self._record("reload")
-        await self._start_proxy(config)
+        if self.worker_count > 1:
+            await self._start_workers(config)
+        else:
+            await self._start_proxy(config)
         await self._start_admin(config)
         self._start_watch()
         self._spawn(self._tick_loop(), "metrics tick")
@@ -171,6 +145,33 @@ class App:
         host, port = split_listen(config.listen)
         await self._server.start(host, port, sock=sock)
 
+    async def _start_workers(self, config: Config) -> None:
+        from proxy.workers import WorkerFailed, WorkerSet
+
+        host, port = check_free(config.listen)
+        self.workers = WorkerSet(
+            self.worker_count, self._worker_state, self.metrics, self.log_level
+        )
+        try:
+            await self.workers.start(host, port)
+        except WorkerFailed as exc:
+            raise StartupError(f"cannot start the data plane: {exc}") from None
+        self.proxy_port = port
+
+    def _worker_state(self) -> tuple[Config, Overrides, tuple[tuple[str, str, bool], ...]]:
+        assert self.config is not None
+        health = tuple(
+            (u["name"], e["address"], bool(e["healthy"]))
+            for u in self.pools.status()
+            for e in u["endpoints"]
+        )
+        return self.config, Overrides(self.routing.weights, self.routing.canary_match), health
+
+    def _publish(self) -> None:
+        """Routing, config or health changed: workers rebuild their table from it."""
+        if self.workers is not None:
+            self.workers.publish()
+
     async def _start_admin(self, config: Config) -> None:
         sock = bind(config.admin.listen)
         self.admin_port = sock.getsockname()[1]
@@ -193,6 +194,8 @@ class App:
         """Stop accepting, let in-flight requests finish (at most `timeout` s)."""
         if self._server is not None:
             await self._server.drain(timeout)
+        if self.workers is not None:
+            await self.workers.drain(timeout)
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -207,6 +210,8 @@ class App:
             await self._runner.cleanup()
         if self._server is not None:
             await self._server.close()
+        if self.workers is not None:
+            await self.workers.stop()
         if hasattr(self, "pools"):
             self.pools.close()
         if self._access_log is not None:
@@ -243,6 +248,7 @@ class App:
         self.health.update(config, self._initially_healthy)
         self.metrics.set_route_weights(table.weights())
         self.store.save_routing(routing)
+        self._publish()
 
     def _loaded_routing(self) -> RoutingState:
         return self.routing if self.config is not None else self.store.load_routing()
@@ -270,6 +276,7 @@ class App:
             self.routing.canary_match,
         )
         self.routing, self.table = routing, table
+        self._publish()
         if quiet_if_same and same:
             self.store.save_routing(routing)
             return self.store.get(self.store.head()) or {}
@@ -341,123 +348,6 @@ class App:
         self.last_reload_error = "; ".join(errors)
         return {"result": "rejected", "error": self.last_reload_error, "errors": errors}
 
-    # -- admin Controller ------------------------------------------------------------
-
-    async def persisted(self) -> None:
-        """Wait until every state change made so far is on disk."""
-        await asyncio.wrap_future(self.store.flush())
-
-    def token_for(self, config: Config) -> str:
-        return os.environ.get(config.admin.token_env, "")
-
-    def token(self) -> str:
-        return self.token_for(self.config) if self.config is not None else ""
-
-    def _route_subsets(self, route: str) -> list[str]:
-        assert self.config is not None
-        r = self.config.route(route)
-        if r is None:
-            raise BadInput(f"unknown route {route!r}")
-        return [d.subset for d in r.destinations]
-
-    def set_weights(self, route: str, weights: dict[str, float]) -> dict:
-        known = self._route_subsets(route)
-        unknown = sorted(set(weights) - set(known))
-        if unknown:
-            raise BadInput(f"route {route!r} has no subset {', '.join(unknown)}; known: {known}")
-        full = {s: weights.get(s, 0.0) for s in known}
-        return self._set_route(route, full, "weights", keep_match=True)
-
-    def switch(self, route: str, subset: str) -> dict:
-        known = self._route_subsets(route)
-        if subset not in known:
-            raise BadInput(f"route {route!r} has no subset {subset!r}; known: {known}")
-        full = {s: 100.0 if s == subset else 0.0 for s in known}
-        return self._set_route(route, full, "switch", keep_match=False)
-
-    def _set_route(
-        self, route: str, weights: dict[str, float], cause: str, keep_match: bool
-    ) -> dict:
-        assert self.config is not None and self.table is not None
-        match = dict(self.routing.canary_match)
-        if not keep_match:
-            match.pop(route, None)
-        new = RoutingState(
-            {**self.routing.weights, route: weights}, match, file_weights(self.config)
-        )
-        rev = self._apply(new, cause)
-        log.info("%s: route %s weights %s (revision %d)", cause, route, weights, rev["revision"])
-        return {"revision": rev["revision"], "route": route, "weights": rev["weights"][route]}
-
-    def history(self) -> list[dict]:
-        return self.store.history()
-
-    def undo(self, to_revision: int | None) -> dict:
-        assert self.config is not None
-        target = to_revision if to_revision is not None else self.store.head() - 1
-        rev = self.store.get(target)
-        if rev is None:
-            raise BadInput(f"no revision {target}; history has 1..{self.store.head()}")
-        files = file_weights(self.config)
-        weights: dict[str, dict[str, float]] = {}
-        for route, w in rev["weights"].items():
-            if route in files and w != files[route]:
-                known = self._route_subsets(route)
-                if set(w) - set(known):
-                    raise BadInput(f"revision {target} routes {route!r} to a subset now gone")
-                weights[route] = {s: float(w.get(s, 0.0)) for s in known}
-        match = match_from_json(rev["canary_match"])
-        new = self._apply(RoutingState(weights, match, files), "undo")
-        return {"revision": new["revision"], "restored": target, "weights": new["weights"]}
-
-    async def canary_action(self, name: str, verb: str) -> dict:
-        assert self.config is not None
-        if self.canaries is None or all(c.name != name for c in self.config.canaries):
-            raise NotFound(f"unknown canary {name!r}")
-        ok, message = await self.canaries.action(name, verb)
-        if not ok:
-            raise BadInput(message)
-        return {"canary": name, "action": verb, "message": message}
-
-    def explain(self, req: dict) -> dict:
-        assert self.table is not None
-        return self.table.explain(*explain_args(req))
-
-    def ready(self) -> tuple[bool, str]:
-        if self.table is None:
-            return False, "no config loaded"
-        return readiness(self.table.weights(), self.pools.status())
-
-    def status(self) -> dict:
-        assert self.config is not None and self.table is not None
-        weights = self.table.weights()
-        return {
-            "revision": self.store.head(),
-            "config_file": self.config_path,
-            "last_reload_error": self.last_reload_error,
-            "routes": [self._route_status(r, weights.get(r.name, {})) for r in self.config.routes],
-            "upstreams": [
-                {"name": u["name"], "endpoints": u["endpoints"]} for u in self.pools.status()
-            ],
-            "canaries": self.canaries.status() if self.canaries is not None else [],
-        }
-
-    def _route_status(self, r: Route, weights: dict[str, float]) -> dict:
-        match = self.routing.canary_match.get(r.name)
-        return {
-            "name": r.name,
-            "service": r.service or r.name,
-            "weights": weights,
-            "live": [s for s, w in weights.items() if w > 0],
-            "idle": [s for s, w in weights.items() if w <= 0],
-            "preview": {"header": r.preview.header, "value": r.preview.value}
-            if r.preview
-            else None,
-            "override": r.name in self.routing.weights,
-            "canary_match": match[0] if match else None,
-            "versions": {s: self.metrics.version_rates(r.name, s) for s in weights},
-        }
-
     # -- canary host -----------------------------------------------------------------
 
     def current_config(self) -> Config:
@@ -497,6 +387,7 @@ class App:
 
     def _on_health(self, subset: str, address: str, healthy: bool) -> None:
         self.pools.set_health(subset, address, healthy)
+        self._publish()
 
 
 def _log_crash(task: asyncio.Task) -> None:
@@ -504,60 +395,11 @@ def _log_crash(task: asyncio.Task) -> None:
         log.error("task %s crashed", task.get_name(), exc_info=task.exception())
 
 
-# -- `canaryproxy serve` ---------------------------------------------------------------
-
-
 def run_serve(args: Namespace) -> int:
-    """Run until SIGTERM/SIGINT (drain, exit 0). Exit 1: bad config; 2: unsafe admin."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if getattr(args, "workers", 1) > 1:
-        log.warning("--workers > 1 is not supported yet; serving from one process")
-    import uvloop
+    """`canaryproxy serve` (see proxy.app_serve)."""
+    from proxy.app_serve import run_serve as run
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(args.config, args.state_dir))
+    return run(args)
 
 
-async def _serve(config_path: str, state_dir: str) -> int:
-    app = App(config_path, state_dir)
-    try:
-        await app.start()
-    except StartupError as exc:
-        print(str(exc), file=sys.stderr)
-        await _quiet_stop(app)
-        return exc.code
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload_on_hup, app)
-    await stop.wait()
-    assert app.config is not None
-    started = time.monotonic()
-    log.info("draining (up to %.0f s)", app.config.limits.drain_timeout)
-    drain = asyncio.ensure_future(app.drain(app.config.limits.drain_timeout))
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop waiting
-        loop.add_signal_handler(sig, drain.cancel)
-    try:
-        await drain
-    except asyncio.CancelledError:
-        log.warning("second stop signal: closing in-flight requests now")
-    await app.stop()
-    log.info("stopped after %.1f s of draining", time.monotonic() - started)
-    return 0
-
-
-def _reload_on_hup(app: App) -> None:
-    result = app.reload()
-    log.info("SIGHUP: reload %s", result["result"])
-
-
-async def _quiet_stop(app: App) -> None:
-    try:
-        await app.stop()
-    except Exception:  # noqa: BLE001 - best effort after a failed start
-        log.debug("cleanup after failed start", exc_info=True)
+__all__ = ["App", "StartupError", "bind", "is_loopback", "run_serve", "split_listen"]

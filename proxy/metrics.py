@@ -15,7 +15,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import (
@@ -189,6 +189,44 @@ def _http_families(series: list[_Series]) -> Iterator[Metric]:
     yield dur
 
 
+@dataclass(frozen=True)
+class SeriesCounts:
+    """One (route, version) series as plain data: per code, per bucket (not cumulative), sum."""
+
+    service: str
+    codes: dict[int, int]
+    counts: tuple[int, ...]
+    sum: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Everything a worker process counts, cumulative since it started."""
+
+    series: dict[tuple[str, str], SeriesCounts]
+    errors: dict[tuple[str, str], int]  # (version, reason) -> n
+    mirrored: dict[tuple[str, str], int]  # (route, version) -> n
+
+
+EMPTY_COUNTS = Counts({}, {}, {})
+
+
+@dataclass
+class MergeState:
+    """The last report of each live worker process, by PID."""
+
+    last: dict[int, Counts] = field(default_factory=dict)
+
+
+def _new_counts(
+    now: dict[tuple[str, str], int], old: dict[tuple[str, str], int]
+) -> Iterator[tuple[tuple[str, str], int]]:
+    for key, n in now.items():
+        d = n - old.get(key, 0)
+        if d > 0:
+            yield key, d
+
+
 class RateTracker:
     """Per-version rps, error % and P99 over the last few seconds, for `status`.
 
@@ -232,6 +270,10 @@ class ProxyMetrics:
         self._define(registry)
         self._err_children: dict[tuple[str, str], Counter] = {}
         self._mirror_children: dict[tuple[str, str], Counter] = {}
+        # Plain copies of the two rare-path counters, so a worker can ship them.
+        self._err_counts: dict[tuple[str, str], int] = {}
+        self._mirror_counts: dict[tuple[str, str], int] = {}
+        self._merged = MergeState()
         self.rates = RateTracker()
 
     def _define(self, r: CollectorRegistry) -> None:
@@ -290,6 +332,8 @@ class ProxyMetrics:
                 version, reason
             )
         child.inc()
+        key = (version, reason)
+        self._err_counts[key] = self._err_counts.get(key, 0) + 1
 
     def mirrored(self, route: str, version: str) -> None:
         child = self._mirror_children.get((route, version))
@@ -298,6 +342,56 @@ class ProxyMetrics:
                 route, version
             )
         child.inc()
+        key = (route, version)
+        self._mirror_counts[key] = self._mirror_counts.get(key, 0) + 1
+
+    # -- across processes (serve --workers N) ---------------------------------------------
+
+    def export_counts(self) -> Counts:
+        """Plain, picklable cumulative counts of this process, for the supervisor to merge."""
+        series = {
+            k: SeriesCounts(s.service, dict(s.codes), tuple(s.counts), s.sum)
+            for k, s in list(self._series.items())
+        }
+        return Counts(series, dict(self._err_counts), dict(self._mirror_counts))
+
+    def merge(self, source: int, counts: Counts) -> None:
+        """Add what process `source` counted since its previous report.
+
+        Reports are cumulative per process, so the supervisor adds differences: a lost
+        report is made up by the next one, and a restarted worker (a new `source`) starts
+        from zero without taking anything away from the totals.
+        """
+        last = self._merged.last.get(source, EMPTY_COUNTS)
+        for key, now in counts.series.items():
+            self._add_series(key, now, last.series.get(key))
+        for (version, reason), n in _new_counts(counts.errors, last.errors):
+            self.upstream_errors.labels(version, reason).inc(n)
+        for (route, version), n in _new_counts(counts.mirrored, last.mirrored):
+            self.mirrored_requests.labels(route, version).inc(n)
+        self._merged.last[source] = counts
+
+    def retire(self, source: int) -> None:
+        """`source` has exited after its last report: its counts stay in the totals."""
+        self._merged.last.pop(source, None)
+
+    def _add_series(
+        self, key: tuple[str, str], now: SeriesCounts, old: SeriesCounts | None
+    ) -> None:
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series(key[0], now.service or key[0], key[1])
+        before = old or SeriesCounts(now.service, {}, (0,) * len(now.counts), 0.0)
+        for code, n in now.codes.items():
+            d = n - before.codes.get(code, 0)
+            if d:
+                s.codes[code] = s.codes.get(code, 0) + d
+                s.total += d
+                if code >= 500:
+                    s.errors += d
+        for i, (n, o) in enumerate(zip(now.counts, before.counts, strict=True)):
+            s.counts[i] += n - o
+        s.sum += now.sum - before.sum
 
     # -- reads ------------------------------------------------------------------------
 

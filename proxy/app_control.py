@@ -1,0 +1,157 @@
+"""The admin API's Controller: the App methods behind /api/v1 (weights, switch, undo, ...).
+
+A mixin of App, kept apart so wiring and control read separately. Every mutation goes
+through `App._apply`, which builds the table aside and swaps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from proxy.admin import BadInput, NotFound, explain_args, readiness
+from proxy.config.schema import Config, Route
+from proxy.metrics import ProxyMetrics
+from proxy.routing.table import RoutingTable
+from proxy.state import RoutingState, StateStore, file_weights, match_from_json
+from proxy.upstream import Pools
+
+log = logging.getLogger("canaryproxy")
+
+
+class AdminControl:
+    """What the admin API calls; the attributes are App's."""
+
+    config: Config | None
+    config_path: str
+    table: RoutingTable | None
+    routing: RoutingState
+    store: StateStore
+    metrics: ProxyMetrics
+    pools: Pools
+    canaries: Any
+    workers: Any
+    last_reload_error: str | None
+
+    def _apply(self, routing: RoutingState, cause: str, quiet_if_same: bool = False) -> dict:
+        raise NotImplementedError
+
+    async def persisted(self) -> None:
+        """Wait until every state change made so far is on disk."""
+        await asyncio.wrap_future(self.store.flush())
+
+    def token_for(self, config: Config) -> str:
+        return os.environ.get(config.admin.token_env, "")
+
+    def token(self) -> str:
+        return self.token_for(self.config) if self.config is not None else ""
+
+    def _route_subsets(self, route: str) -> list[str]:
+        assert self.config is not None
+        r = self.config.route(route)
+        if r is None:
+            raise BadInput(f"unknown route {route!r}")
+        return [d.subset for d in r.destinations]
+
+    def set_weights(self, route: str, weights: dict[str, float]) -> dict:
+        known = self._route_subsets(route)
+        unknown = sorted(set(weights) - set(known))
+        if unknown:
+            raise BadInput(f"route {route!r} has no subset {', '.join(unknown)}; known: {known}")
+        full = {s: weights.get(s, 0.0) for s in known}
+        return self._set_route(route, full, "weights", keep_match=True)
+
+    def switch(self, route: str, subset: str) -> dict:
+        known = self._route_subsets(route)
+        if subset not in known:
+            raise BadInput(f"route {route!r} has no subset {subset!r}; known: {known}")
+        full = {s: 100.0 if s == subset else 0.0 for s in known}
+        return self._set_route(route, full, "switch", keep_match=False)
+
+    def _set_route(
+        self, route: str, weights: dict[str, float], cause: str, keep_match: bool
+    ) -> dict:
+        assert self.config is not None and self.table is not None
+        match = dict(self.routing.canary_match)
+        if not keep_match:
+            match.pop(route, None)
+        new = RoutingState(
+            {**self.routing.weights, route: weights}, match, file_weights(self.config)
+        )
+        rev = self._apply(new, cause)
+        log.info("%s: route %s weights %s (revision %d)", cause, route, weights, rev["revision"])
+        return {"revision": rev["revision"], "route": route, "weights": rev["weights"][route]}
+
+    def history(self) -> list[dict]:
+        return self.store.history()
+
+    def undo(self, to_revision: int | None) -> dict:
+        assert self.config is not None
+        target = to_revision if to_revision is not None else self.store.head() - 1
+        rev = self.store.get(target)
+        if rev is None:
+            raise BadInput(f"no revision {target}; history has 1..{self.store.head()}")
+        files = file_weights(self.config)
+        weights: dict[str, dict[str, float]] = {}
+        for route, w in rev["weights"].items():
+            if route in files and w != files[route]:
+                known = self._route_subsets(route)
+                if set(w) - set(known):
+                    raise BadInput(f"revision {target} routes {route!r} to a subset now gone")
+                weights[route] = {s: float(w.get(s, 0.0)) for s in known}
+        match = match_from_json(rev["canary_match"])
+        new = self._apply(RoutingState(weights, match, files), "undo")
+        return {"revision": new["revision"], "restored": target, "weights": new["weights"]}
+
+    async def canary_action(self, name: str, verb: str) -> dict:
+        assert self.config is not None
+        if self.canaries is None or all(c.name != name for c in self.config.canaries):
+            raise NotFound(f"unknown canary {name!r}")
+        ok, message = await self.canaries.action(name, verb)
+        if not ok:
+            raise BadInput(message)
+        return {"canary": name, "action": verb, "message": message}
+
+    def explain(self, req: dict) -> dict:
+        assert self.table is not None
+        return self.table.explain(*explain_args(req))
+
+    def ready(self) -> tuple[bool, str]:
+        if self.table is None:
+            return False, "no config loaded"
+        if self.workers is not None and self.workers.alive() == 0:
+            return False, "no worker process is running"
+        return readiness(self.table.weights(), self.pools.status())
+
+    def status(self) -> dict:
+        assert self.config is not None and self.table is not None
+        weights = self.table.weights()
+        return {
+            "revision": self.store.head(),
+            "config_file": self.config_path,
+            "last_reload_error": self.last_reload_error,
+            "routes": [self._route_status(r, weights.get(r.name, {})) for r in self.config.routes],
+            "upstreams": [
+                {"name": u["name"], "endpoints": u["endpoints"]} for u in self.pools.status()
+            ],
+            "canaries": self.canaries.status() if self.canaries is not None else [],
+            **({"workers": self.workers.status()} if self.workers is not None else {}),
+        }
+
+    def _route_status(self, r: Route, weights: dict[str, float]) -> dict:
+        match = self.routing.canary_match.get(r.name)
+        return {
+            "name": r.name,
+            "service": r.service or r.name,
+            "weights": weights,
+            "live": [s for s, w in weights.items() if w > 0],
+            "idle": [s for s, w in weights.items() if w <= 0],
+            "preview": {"header": r.preview.header, "value": r.preview.value}
+            if r.preview
+            else None,
+            "override": r.name in self.routing.weights,
+            "canary_match": match[0] if match else None,
+            "versions": {s: self.metrics.version_rates(r.name, s) for s in weights},
+        }

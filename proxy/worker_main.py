@@ -1,0 +1,173 @@
+"""One data-plane worker of `serve --workers N`: `python -m proxy.worker_main --fd FD`.
+
+The supervisor starts it with one end of a socketpair as FD. The worker listens on the
+shared port with SO_REUSEPORT (the kernel spreads new connections over the workers),
+routes with the State it is sent, keeps passive health (ejection) to itself, and
+reports its counters back. SIGTERM drains (a second one stops at once); when the
+supervisor goes away the worker drains and exits too. SIGINT is ignored: a terminal's
+Ctrl-C reaches the whole process group, and the supervisor forwards it as SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from proxy.config.schema import Config
+from proxy.metrics import ProxyMetrics
+from proxy.routing.table import RoutingTable, build_table
+from proxy.upstream import Pools
+from proxy.worker_wire import REPORT_EVERY, Ready, Report, State, frame, read_frame
+
+log = logging.getLogger("canaryproxy.worker")
+
+
+class Worker:
+    """Pools + ProxyServer of one process; `apply` swaps in a new table."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.metrics = ProxyMetrics(CollectorRegistry())
+        self.config: Config | None = None
+        self.table: RoutingTable | None = None
+        self.pools: Pools | None = None
+        self.server: Any = None
+        self.access_log: Any = None
+
+    def apply(self, state: State) -> None:
+        """Build the table aside, then swap; requests in flight keep the one they started on."""
+        config = state.config or self.config
+        assert config is not None
+        try:
+            table = build_table(config, state.overrides)
+        except ValueError as exc:  # the supervisor built the same table first; kept as a guard
+            log.error("worker %d: routing state rejected: %s", os.getpid(), exc)
+            return
+        if state.config is not None:
+            if self.pools is None:
+                self.pools = Pools(config)
+            else:
+                self.pools.update(config)
+            self.config = config
+        assert self.pools is not None
+        for subset, address, healthy in state.health:
+            self.pools.set_health(subset, address, healthy)
+        self.table = table
+
+    async def listen(self, host: str, port: int) -> int:
+        from proxy.server import ProxyServer
+
+        assert self.config is not None and self.pools is not None
+        if self.config.access_log:
+            from proxy.accesslog import AccessLog
+
+            self.access_log = AccessLog(self.config.access_log)
+        self.server = ProxyServer(
+            lambda: self.table, self.pools, self.metrics, self.access_log, self.config.limits
+        )
+        await self.server.start(host, port, reuse_port=True)
+        return int(self.server.port)
+
+    def report(self, final: bool = False) -> None:
+        self.writer.write(frame(Report(os.getpid(), self.metrics.export_counts(), final)))
+
+    async def report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            self.report()
+            await self.writer.drain()
+
+    async def read_loop(self, reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
+        while (msg := await read_frame(reader)) is not None:
+            if isinstance(msg, State):
+                self.apply(msg)
+        gone.set()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        if self.pools is not None:
+            self.pools.close()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+async def run(fd: int) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    first = await read_frame(reader)
+    if not isinstance(first, State) or first.config is None:
+        log.error("worker %d: no initial state from the supervisor", os.getpid())
+        return 1
+    worker = Worker(writer)
+    worker.apply(first)
+    try:
+        port = await worker.listen(first.host, first.port)
+    except OSError as exc:
+        log.error("worker %d: cannot listen on port %d: %s", os.getpid(), first.port, exc)
+        return 3
+    writer.write(frame(Ready(os.getpid(), port)))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [
+        asyncio.create_task(worker.report_loop(), name="worker report"),
+        asyncio.create_task(worker.read_loop(reader, stop), name="worker state"),
+    ]
+    await stop.wait()
+    await _drain(worker)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return await _finish(worker, writer)
+
+
+async def _drain(worker: Worker) -> None:
+    assert worker.config is not None
+    loop = asyncio.get_running_loop()
+    drain = asyncio.ensure_future(worker.server.drain(worker.config.limits.drain_timeout))
+    loop.add_signal_handler(signal.SIGTERM, drain.cancel)  # a second SIGTERM: stop waiting
+    try:
+        await drain
+    except asyncio.CancelledError:
+        log.warning("worker %d: closing in-flight requests now", os.getpid())
+
+
+async def _finish(worker: Worker, writer: asyncio.StreamWriter) -> int:
+    """Close, then send the last counts (every request answered is in them) and go."""
+    await worker.close()
+    try:
+        worker.report(final=True)
+        await asyncio.wait_for(writer.drain(), 2.0)
+        writer.close()
+    except (ConnectionError, TimeoutError):
+        pass  # the supervisor is gone; nobody is left to count
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="canaryproxy-worker")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(args.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
