@@ -1,0 +1,259 @@
+"""`serve --workers 2`: real supervisor and worker processes, real upstreams, real HTTP.
+
+Requests go over fresh connections so the kernel (SO_REUSEPORT) spreads them over both
+workers; `status` tells which worker answered how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from test_app_helpers import start_upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(p1: int, p2: int, proxy: int, admin: int, w1: int = 100, w2: int = 0) -> str:
+    return f"""\
+listen: 127.0.0.1:{proxy}
+admin: {{listen: 127.0.0.1:{admin}}}
+access_log: false
+upstreams:
+  v1: {{endpoints: ["127.0.0.1:{p1}"]}}
+  v2: {{endpoints: ["127.0.0.1:{p2}"]}}
+routes:
+  - name: default
+    route:
+      - {{destination: v1, weight: {w1}}}
+      - {{destination: v2, weight: {w2}}}
+limits: {{drain_timeout: 10s}}
+"""
+
+
+@dataclass
+class Served:
+    proc: asyncio.subprocess.Process
+    cfg: Path
+    ports: tuple[int, int, int, int]  # v1, v2, proxy, admin
+    s: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[2]}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.ports[3]}"
+
+    async def status(self) -> dict:
+        async with self.s.get(self.admin + "/api/v1/status") as r:
+            return await r.json()
+
+    async def get(self, path: str = "/") -> tuple[int, str]:
+        """One request on a new connection."""
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c:
+            async with c.get(self.url + path) as r:
+                return r.status, await r.text()
+
+    async def counted(self, total: int, timeout: float = 5.0) -> dict:
+        """Status once the workers' reports add up to `total` requests."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = await self.status()
+            if sum(w["requests"] for w in st["workers"]) >= total or time.monotonic() > deadline:
+                return st
+            await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, delay: float = 0.0) -> AsyncIterator[Served]:
+    r1, p1 = await start_upstream("v1", delay)
+    r2, p2 = await start_upstream("v2")
+    ports = (p1, p2, _free_port(), _free_port())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(_config(*ports))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "2",
+        "--state-dir", str(tmp_path / "s"), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+            srv = Served(proc, cfg, ports, s)
+            await _wait_ready(srv)
+            yield srv
+    finally:
+        await _stop(proc)
+        await r1.cleanup()
+        await r2.cleanup()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM: the supervisor stops its workers; SIGKILL only if that hangs."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _wait_ready(srv: Served) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            async with srv.s.get(srv.admin + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if srv.proc.returncode is not None:
+            break
+        await asyncio.sleep(0.1)
+    raise AssertionError("proxy with 2 workers did not become ready")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def _answers_within(srv: Served, body: str, seconds: float, n: int = 20) -> bool:
+    """True once `n` requests in a row on new connections answer `body`, within `seconds`."""
+    deadline = time.monotonic() + seconds
+    streak = 0
+    while time.monotonic() < deadline:
+        streak = streak + 1 if await srv.get() == (200, body) else 0
+        if streak >= n:
+            return True
+    return False
+
+
+async def test_two_workers_share_the_port_and_metrics_count_both(tmp_path) -> None:
+    async with served(tmp_path) as srv:
+        for _ in range(40):
+            assert await srv.get() == (200, "v1")
+        st = await srv.counted(40)
+        pids = {w["pid"] for w in st["workers"]}
+        assert len(pids) == 2 and srv.proc.pid not in pids
+        assert all(w["alive"] and w["requests"] > 0 for w in st["workers"])
+        assert st["routes"][0]["versions"]["v1"]["requests"] == 40
+        async with srv.s.get(srv.admin + "/metrics") as r:
+            text = await r.text()
+        line = 'canaryproxy_requests_total{code="200",route="default",version="v1"}'
+        assert re.search(re.escape(line) + r" 40\.0", text)
+
+
+async def test_a_weights_change_reaches_every_worker_within_a_second(tmp_path) -> None:
+    async with served(tmp_path) as srv:
+        before = {w["pid"]: w["requests"] for w in (await srv.status())["workers"]}
+        body = {"v1": 0, "v2": 100}
+        async with srv.s.put(srv.admin + "/api/v1/routes/default/weights", json=body) as r:
+            assert r.status == 200
+        assert await _answers_within(srv, "v2", 1.0)
+        st = await srv.counted(20)
+        # every request after the change answered v2, and both workers answered some
+        assert all(w["requests"] > before[w["pid"]] for w in st["workers"])
+
+
+async def test_sighup_reload_reaches_every_worker(tmp_path) -> None:
+    async with served(tmp_path) as srv:
+        srv.cfg.write_text(_config(*srv.ports, w1=0, w2=100))
+        srv.proc.send_signal(signal.SIGHUP)
+        assert await _answers_within(srv, "v2", 5.0)
+        st = await srv.counted(20)
+        assert all(w["requests"] > 0 for w in st["workers"])
+        assert st["revision"] >= 2
+
+
+async def test_a_killed_worker_is_restarted_and_counts_are_kept(tmp_path) -> None:
+    async with served(tmp_path) as srv:
+        for _ in range(20):
+            await srv.get()
+        st = await srv.counted(20)
+        victim = st["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            w0 = (await srv.status())["workers"][0]
+            if w0["alive"] and w0["pid"] != victim and w0["restarts"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the killed worker was not restarted")
+        for _ in range(20):
+            assert await srv.get() == (200, "v1")
+        # the dead worker's last report stays in the totals, the new one adds to them
+        assert await _v1_requests(srv, 40) == 40
+        await _stop(srv.proc)
+        assert srv.proc.stderr is not None
+        err = await asyncio.wait_for(srv.proc.stderr.read(), 10)
+        assert b"exited with signal SIGKILL; restarting" in err
+
+
+async def _v1_requests(srv: Served, expect: int) -> int:
+    deadline = time.monotonic() + 5
+    while True:
+        n = (await srv.status())["routes"][0]["versions"]["v1"]["requests"]
+        if n >= expect or time.monotonic() > deadline:
+            return int(n)
+        await asyncio.sleep(0.1)
+
+
+async def test_sigterm_drains_every_worker_and_exits_0(tmp_path) -> None:
+    async with served(tmp_path, delay=1.0) as srv:
+        pids = [w["pid"] for w in (await srv.status())["workers"]]
+        slow = [asyncio.create_task(srv.get("/slow")) for _ in range(6)]
+        await asyncio.sleep(0.4)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert [await asyncio.wait_for(t, 10) for t in slow] == [(200, "v1")] * 6
+        assert await asyncio.wait_for(srv.proc.wait(), 15) == 0
+        assert all(_gone(p) for p in pids)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await srv.get()
+
+
+async def test_bad_worker_count_is_refused(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(_config(1, 2, _free_port(), _free_port()))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "0",
+        "--state-dir", str(tmp_path / "s"), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2 and b"--workers must be at least 1" in err
+
+
+async def test_a_busy_port_is_a_startup_error(tmp_path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(_config(1, 2, busy.getsockname()[1], _free_port()))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "2",
+            "--state-dir", str(tmp_path / "s"), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 1 and b"cannot listen on 127.0.0.1:" in err
