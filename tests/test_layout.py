@@ -13,6 +13,8 @@ PURE = [
     "canary/machine.py",
     "canary/analysis.py",
     "canary/judge.py",
+    "canary/plan.py",
+    "canary/goals.py",
     "headers.py",
 ]
 FORBIDDEN = {"aiohttp", "asyncio", "yaml", "prometheus_client", "time", "random", "socket"}
