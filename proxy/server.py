@@ -9,6 +9,7 @@ others wait with client reads paused. Timers are plain `loop.call_later` handles
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -115,10 +116,12 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.parsing is None and self.deadline_kind != "head":
-            self._set_deadline("head", self.limits.header_timeout)  # from the first byte
         began = self.in_head
         try:
+            if self.parsing is None and not began:
+                if self.deadline_kind != "head":
+                    self._set_deadline("head", self.limits.header_timeout)  # from 1st byte
+                _check_request_line(data)
             self.parser.feed_data(data)
             if self.in_head:
                 self._count_head(began, len(data))
@@ -337,6 +340,7 @@ class ClientConnection(asyncio.Protocol):
         lname = name.lower()
         if b"_" in lname:
             return
+        value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
         if lname in _SPECIAL:
             self._special(lname, value)
         self.headers.append((lname, name, value))
@@ -344,6 +348,8 @@ class ClientConnection(asyncio.Protocol):
     def _special(self, lname: bytes, value: bytes) -> None:
         if lname == b"host":
             self.hosts += 1
+            if _HOST.fullmatch(value) is None:
+                raise _Reject("bad_request")
         elif lname == b"content-length":
             self.cl.append(value)
         elif lname == b"transfer-encoding":
@@ -495,6 +501,24 @@ def _origin_form(target: bytes) -> bytes:
 
 
 _NONE: frozenset[bytes] = frozenset()
+# host [":" port]: reg-name / IPv4 / IP-literal characters only (RFC 3986 §3.2.2)
+_HOST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=%-]*(\[[0-9A-Fa-f:.]+\])?(:[0-9]*)?")
+
+
+def _check_request_line(data: bytes) -> None:
+    """llhttp accepts `GET  / HTTP/1.1`; RFC 9112 §3 wants exactly one SP between parts.
+
+    Checked on the read that starts a request (the common case); a request line that
+    arrives split across reads is left to llhttp alone.
+    """
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2  # empty lines before a request are allowed (RFC 9112 §2.2)
+    end = data.find(b"\r\n", start)
+    if end > 0 and data.count(b" ", start, end) != 2:
+        raise _Reject("bad_request")
+
+
 _SPECIAL = frozenset(
     {
         b"host",

@@ -66,6 +66,9 @@ BAD = {
     "duplicate_host": b"GET / HTTP/1.1\r\n" + H + H + b"\r\n",
     "http10_te": b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "garbage": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+    "two_spaces_in_request_line": b"GET  / HTTP/1.1\r\n" + H + b"\r\n",
+    "host_with_space": b"GET / HTTP/1.1\r\nHost: local host\r\n\r\n",
+    "host_with_slash": b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
     "bad_chunk": b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
 }
 
@@ -305,3 +308,15 @@ async def test_chunked_upstream_dies_mid_body_sends_no_terminator() -> None:
     finally:
         await p.close()
         srv.close()
+
+
+async def test_trailing_whitespace_in_values_is_not_part_of_them(
+    proxy: ProxyHandle, upstream: Upstream
+) -> None:
+    out = await raw_exchange(
+        proxy.port,
+        b"PUT / HTTP/1.1\r\nHost: a \r\nContent-Length: 5  \r\nX-A: b \t\r\n"
+        b"Connection: close\r\n\r\nhello",
+    )
+    assert status_of(out) == 200 and json_body(out)["body_len"] == 5
+    assert upstream.requests[0]["headers"]["X-A"] == "b"
