@@ -33,6 +33,53 @@ _POLICIES: dict[tuple[CompiledRoute, str], hdr.Policy] = {}  # per (route, subse
 
 
 class Exchange:
+    __slots__ = (
+        "client",
+        "loop",
+        "t0",
+        "seq",
+        "method",
+        "target",
+        "http10",
+        "keep_alive",
+        "headers",
+        "content_length",
+        "chunked",
+        "request_id",
+        "client_ip",
+        "connection",
+        "xff",
+        "proto",
+        "has_host",
+        "expect_continue",
+        "route",
+        "subset",
+        "set_cookie",
+        "mirror",
+        "pool",
+        "conn",
+        "ep",
+        "local",
+        "fault_status",
+        "attempts_left",
+        "stale_retried",
+        "body",
+        "body_bytes",
+        "req_done",
+        "head",
+        "sent",
+        "resp_started",
+        "mode",
+        "status",
+        "bytes_sent",
+        "close_after",
+        "done",
+        "timer",
+        "per_try",
+        "upstream_addr",
+        "error",
+    )
+
     def __init__(self, client: ClientConnection, req: dict) -> None:
         self.client = client
         self.loop = client.loop
@@ -300,33 +347,27 @@ class Exchange:
         self._finish(499 if not self.resp_started else self.status)
 
     # --- upstream side events ------------------------------------------------------------------
-    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
+    def up_headers(
+        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
+    ) -> bool:
         cond = RETRY_STATUS.get(status)
         if cond is not None and self._can_retry(cond, sent=True):
             self._retry(fresh=False)
             return False
         self.pool.report(self.ep, True)
-        self._cancel_timer()
+        self._cancel_timer()  # the body idle timer is armed after the read, if still needed
         self.status = status
         self.resp_started = True
-        self.client.write(self._response_head(status, headers))
-        if self.mode != NO_BODY:
-            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT, self._body_idle)
+        self.client.write(self._response_head(status, headers, length, connection))
         return self.mode == NO_BODY and status not in (204, 304)
 
-    def _response_head(self, status: int, headers: list) -> bytes:
-        connection: list[bytes] = []
-        length = None
-        for lname, _, value in headers:
-            if lname == b"connection":
-                connection.append(value)
-            elif lname == b"content-length":
-                length = value
+    def _response_head(
+        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
+    ) -> bytes:
         nominated = hdr.nominated(connection) if connection else _NONE
         lines = hdr.response_lines(headers, nominated, self._policy(), self.set_cookie)
         framing = self._framing(status, length)
-        c = self.client
-        self.close_after = self.close_after or c.must_close(self)
+        self.close_after = self.close_after or self.client.must_close(self)
         if self.close_after:
             framing += b"Connection: close\r\n"
         elif self.http10:
@@ -397,6 +438,9 @@ class Exchange:
 
     def up_uncork(self) -> None:
         self.client.uncork()
+        if self.resp_started and not self.done and self.timer is None:
+            # Only a body that outlives one read needs the inactivity timer.
+            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT, self._body_idle)
 
     def up_pause(self) -> None:
         self.client.block_read(1)

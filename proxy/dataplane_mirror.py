@@ -48,7 +48,9 @@ class MirrorExchange:
             self.pool.release(conn, reusable)
 
     # --- Handler -------------------------------------------------------------------------------
-    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
+    def up_headers(
+        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
+    ) -> bool:
         return False
 
     def up_body(self, data: bytes) -> None:

@@ -24,8 +24,13 @@ BODY_IDLE_TIMEOUT = 60.0
 class Handler(Protocol):
     """What a connection reports to the request it serves."""
 
-    def up_headers(self, status: int, reason: bytes, headers: list, keep_alive: bool) -> bool:
-        """Response head parsed; return True when the response has no body (HEAD)."""
+    def up_headers(
+        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
+    ) -> bool:
+        """Response head parsed; return True when the response has no body (HEAD).
+
+        `length`: the Content-Length value if any; `connection`: the Connection values.
+        """
         ...
 
     def up_body(self, data: bytes) -> None: ...
@@ -56,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = 0.0
         self._headers: list = []
         self._cl = 0
+        self._length: bytes | None = None
+        self._connection: list[bytes] = []
         self._te = False
         self._informational = False
         self._no_body = False
@@ -146,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._no_body = False
         self._headers = []
         self._cl = 0
+        self._length = None
+        self._connection = []
         self._te = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -154,6 +163,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._cl += 1
             if self._cl > 1 or self._te:
                 raise _Abort
+            self._length = value.strip(b" \t")
+        elif lname == b"connection":
+            self._connection.append(value)
         elif lname == b"transfer-encoding":
             self._te = True
             if self._cl:
@@ -169,16 +181,10 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Abort  # we never ask for an upgrade
         if self._informational or self.handler is None:
             return  # 1xx before the real response: not forwarded
-        keep = self.parser.should_keep_alive()
-        self._no_body = self.handler.up_headers(status, b"", self._headers, keep)
+        h = self.handler
+        self._no_body = h.up_headers(status, self._headers, self._length, self._connection)
         if self._no_body:
-            self._finish(reusable=not self._te and self._declared_length() == 0)
-
-    def _declared_length(self) -> int:
-        for lname, _, value in self._headers:
-            if lname == b"content-length":
-                return int(value)
-        return 0
+            self._finish(reusable=not self._te and self._length in (None, b"0"))
 
     def on_body(self, body: bytes) -> None:
         if self.handler is not None and not self._no_body:
