@@ -320,3 +320,26 @@ async def test_trailing_whitespace_in_values_is_not_part_of_them(
     )
     assert status_of(out) == 200 and json_body(out)["body_len"] == 5
     assert upstream.requests[0]["headers"]["X-A"] == "b"
+
+
+async def test_no_healthy_upstream_503_counted_in_real_metrics(upstream: Upstream) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxy.metrics import ProxyMetrics
+
+    registry = CollectorRegistry()
+    p = await start_proxy(simple_config({"v1": [upstream.address]}), ProxyMetrics(registry))
+    try:
+        p.pools.set_health("v1", upstream.address, False)
+        out = await raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert status_of(out) == 503
+        assert b"x-canaryproxy-error: no_healthy_upstream" in out
+        p.pools.set_health("v1", upstream.address, True)
+        out = await raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert status_of(out) == 200
+        text = generate_latest(registry).decode()
+        assert 'canaryproxy_upstream_errors_total{reason="no_healthy",version="v1"} 1.0' in text
+        assert 'code="503",route="default",version="v1"} 1.0' in text
+        assert 'code="200",route="default",version="v1"} 1.0' in text
+    finally:
+        await p.close()
