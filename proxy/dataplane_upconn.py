@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._connection: list[bytes] = []
         self._te = False
         self._informational = False
+        self._in_body = False
         self._no_body = False
         self._reusable = True
         self._paused = False
@@ -112,6 +113,13 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def eof_received(self) -> bool:
+        """A response without Content-Length or chunking ends when the upstream closes."""
+        if self.handler is not None and self._in_body and self._length is None and not self._te:
+            self._no_body = False
+            self._finish(reusable=False)
+        return False  # close our side too
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         handler, self.handler = self.handler, None
@@ -151,6 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._no_body = False
+        self._in_body = False
         self._headers = []
         self._cl = 0
         self._length = None
@@ -182,6 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._informational or self.handler is None:
             return  # 1xx before the real response: not forwarded
         h = self.handler
+        self._in_body = True
         self._no_body = h.up_headers(status, self._headers, self._length, self._connection)
         if self._no_body:
             self._finish(reusable=not self._te and self._length in (None, b"0"))
@@ -201,6 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish(self, reusable: bool) -> None:
         """The response ended; the handler gives the connection back to the pool."""
+        self._in_body = False
         handler, self.handler = self.handler, None
         self.requests += 1
         if self._no_body:

@@ -253,3 +253,29 @@ async def test_early_answer_drops_rest_of_body_and_keeps_client_connection() -> 
         await p.close()
         srv.close()
         await asyncio.sleep(0.05)
+
+
+async def test_close_delimited_upstream_body_is_reframed() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-")
+        await writer.drain()
+        writer.write(b"the-end")
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    p = await start_proxy(simple_config({"v1": [f"127.0.0.1:{port}"]}))
+    try:
+        out11 = await raw_exchange(
+            p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        assert b"Transfer-Encoding: chunked" in out11 and out11.endswith(b"0\r\n\r\n")
+        assert b"until-" in out11 and b"the-end" in out11
+        out10 = await raw_exchange(p.port, b"GET / HTTP/1.0\r\n\r\n")
+        assert out10.endswith(b"\r\n\r\nuntil-the-end")
+        assert p.metrics.observed[-1][3] == 200
+    finally:
+        await p.close()
+        srv.close()
+        await asyncio.sleep(0.05)
