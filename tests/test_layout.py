@@ -9,6 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "proxy"
 PURE = [
     "config/schema.py",
     "config/validate.py",
+    "config/fields.py",
+    "config/validate_routes.py",
+    "config/validate_canaries.py",
     "routing",
     "canary/machine.py",
     "canary/analysis.py",
