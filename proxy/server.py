@@ -103,6 +103,16 @@ class ClientConnection(asyncio.Protocol):
             ex.client_lost()
         self.queue.clear()
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it already sent, then close."""
+        self.closing = True
+        if self.in_head and self.parsing is None:
+            self.reject("bad_request")  # an unfinished request head will never complete
+        elif self.parsing is not None:
+            ex, self.parsing = self.parsing, None
+            ex.client_error("bad_request")  # the body was cut short
+        return bool(self.queue)
+
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.queue and self.queue[0].conn is not None:
