@@ -104,14 +104,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def eof_received(self) -> bool:
-        """The client half-closed: answer what it already sent, then close."""
-        self.closing = True
-        if self.in_head and self.parsing is None:
-            self.reject("bad_request")  # an unfinished request head will never complete
-        elif self.parsing is not None:
-            ex, self.parsing = self.parsing, None
-            ex.client_error("bad_request")  # the body was cut short
-        return bool(self.queue)
+        """EOF from the client ends the connection and whatever it had in flight (as nginx
+        without proxy_ignore_client_abort: a half-close cannot be told from an abort)."""
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -279,14 +279,3 @@ async def test_close_delimited_upstream_body_is_reframed() -> None:
         await p.close()
         srv.close()
         await asyncio.sleep(0.05)
-
-
-async def test_half_closed_client_still_gets_its_answer(proxy: ProxyHandle) -> None:
-    out = await raw_exchange(proxy.port, b"GET /half HTTP/1.1\r\nHost: a\r\n\r\n", half_close=True)
-    assert status_of(out) == 200 and json_body(out)["path"] == "/half"
-    cut = await raw_exchange(
-        proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", half_close=True
-    )
-    assert status_of(cut) == 400
-    partial = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHo", half_close=True)
-    assert status_of(partial) == 400
