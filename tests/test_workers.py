@@ -7,19 +7,21 @@ workers; `status` tells which worker answered how many.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from test_app_helpers import start_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +86,14 @@ class Served:
 
 
 @asynccontextmanager
-async def served(tmp_path: Path, delay: float = 0.0) -> AsyncIterator[Served]:
+async def served(
+    tmp_path: Path, delay: float = 0.0, config: Callable[..., str] = _config
+) -> AsyncIterator[Served]:
     r1, p1 = await start_upstream("v1", delay)
     r2, p2 = await start_upstream("v2")
     ports = (p1, p2, _free_port(), _free_port())
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(_config(*ports))
+    cfg.write_text(config(*ports))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "serve", "-c", str(cfg), "--workers", "2",
         "--state-dir", str(tmp_path / "s"), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
@@ -257,3 +261,39 @@ async def test_a_busy_port_is_a_startup_error(tmp_path) -> None:
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 1 and b"cannot listen on 127.0.0.1:" in err
+
+
+def _checked_config(checked: int, p1: int, p2: int, proxy: int, admin: int) -> str:
+    """v1 has two endpoints (one is `checked`) under an active health check; v2 takes none."""
+    check = "health_check: {path: /health, interval: 50ms, timeout: 1s, unhealthy: 2, healthy: 1}"
+    return _config(p1, p2, proxy, admin).replace(
+        f'v1: {{endpoints: ["127.0.0.1:{p1}"]}}',
+        f'v1: {{endpoints: ["127.0.0.1:{p1}", "127.0.0.1:{checked}"], {check}}}',
+    )
+
+
+async def test_active_health_from_the_supervisor_reaches_every_worker(tmp_path) -> None:
+    state = {"ok": True}
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/health":
+            return web.Response(status=200 if state["ok"] else 503)
+        return web.Response(text="checked")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    checked = runner.addresses[0][1]
+    try:
+        async with served(tmp_path, config=functools.partial(_checked_config, checked)) as srv:
+            bodies = {(await srv.get())[1] for _ in range(30)}
+            assert bodies == {"v1", "checked"}
+            state["ok"] = False  # only the supervisor probes; the workers must be told
+            assert await _answers_within(srv, "v1", 5.0, n=30)
+            st = await srv.status()
+            endpoints = {e["address"]: e["healthy"] for e in st["upstreams"][0]["endpoints"]}
+            assert endpoints[f"127.0.0.1:{checked}"] is False
+    finally:
+        await runner.cleanup()
