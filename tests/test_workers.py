@@ -297,3 +297,17 @@ async def test_active_health_from_the_supervisor_reaches_every_worker(tmp_path) 
             assert endpoints[f"127.0.0.1:{checked}"] is False
     finally:
         await runner.cleanup()
+
+
+async def test_workers_exit_when_the_supervisor_dies(tmp_path) -> None:
+    async with served(tmp_path) as srv:
+        pids = [w["pid"] for w in (await srv.status())["workers"]]
+        srv.proc.kill()  # no SIGTERM forwarded: the workers notice the closed socketpair
+        await srv.proc.wait()
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = [p for p in pids if not _gone(p)]
+        for p in left:  # never leave a process behind, even when the test fails
+            os.kill(p, signal.SIGKILL)
+        assert not left
