@@ -233,7 +233,7 @@ class App(AdminControl):
             self.metrics.tick()
             self.metrics.set_upstream_health(
                 (u["name"], e["address"], e["healthy"] and not e["ejected"])
-                for u in self.pools.status()
+                for u in self.upstream_status()
                 for e in u["endpoints"]
             )
             await asyncio.sleep(1.0)

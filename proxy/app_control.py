@@ -123,7 +123,7 @@ class AdminControl:
             return False, "no config loaded"
         if self.workers is not None and self.workers.alive() == 0:
             return False, "no worker process is running"
-        return readiness(self.table.weights(), self.pools.status())
+        return readiness(self.table.weights(), self.upstream_status())
 
     def status(self) -> dict:
         assert self.config is not None and self.table is not None
@@ -134,11 +134,22 @@ class AdminControl:
             "last_reload_error": self.last_reload_error,
             "routes": [self._route_status(r, weights.get(r.name, {})) for r in self.config.routes],
             "upstreams": [
-                {"name": u["name"], "endpoints": u["endpoints"]} for u in self.pools.status()
+                {"name": u["name"], "endpoints": u["endpoints"]} for u in self.upstream_status()
             ],
             "canaries": self.canaries.status() if self.canaries is not None else [],
             **({"workers": self.workers.status()} if self.workers is not None else {}),
         }
+
+    def upstream_status(self) -> list[dict]:
+        """Pools as the data plane sees them; with workers, `ejected` by any of them."""
+        pools = self.pools.status()
+        if self.workers is None:
+            return pools
+        ejected = self.workers.ejected()
+        for u in pools:
+            for e in u["endpoints"]:
+                e["ejected"] = (u["name"], e["address"]) in ejected
+        return pools
 
     def _route_status(self, r: Route, weights: dict[str, float]) -> dict:
         match = self.routing.canary_match.get(r.name)

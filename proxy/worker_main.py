@@ -78,7 +78,14 @@ class Worker:
         return int(self.server.port)
 
     def report(self, final: bool = False) -> None:
-        self.writer.write(frame(Report(os.getpid(), self.metrics.export_counts(), final)))
+        ejected = tuple(
+            (u["name"], e["address"])
+            for u in (self.pools.status() if self.pools is not None else ())
+            for e in u["endpoints"]
+            if e["ejected"]
+        )
+        report = Report(os.getpid(), self.metrics.export_counts(), final, ejected)
+        self.writer.write(frame(report))
 
     async def report_loop(self) -> None:
         while True:

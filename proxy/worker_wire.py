@@ -49,6 +49,7 @@ class Report:
     pid: int
     counts: Counts
     final: bool = False
+    ejected: tuple[tuple[str, str], ...] = ()  # (subset, address) passive health has ejected
 
 
 def frame(msg: Any) -> bytes:

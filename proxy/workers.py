@@ -47,6 +47,7 @@ class _Slot:
     restarts: int = 0
     requests: int = 0
     last_exit: int | None = None
+    ejected: frozenset[tuple[str, str]] = frozenset()
 
 
 class WorkerSet:
@@ -136,7 +137,7 @@ class WorkerSet:
         slot.proc, slot.writer, slot.config_sent, slot.requests = proc, writer, -1, 0
         self._send(slot)
         await self._read_reports(slot, reader)
-        slot.writer = None
+        slot.writer, slot.ejected = None, frozenset()
         writer.close()
         code = await proc.wait()
         self.metrics.retire(proc.pid)
@@ -161,6 +162,7 @@ class WorkerSet:
             if isinstance(msg, Report):
                 self.metrics.merge(msg.pid, msg.counts)
                 slot.requests = sum(s for c in msg.counts.series.values() for s in c.codes.values())
+                slot.ejected = frozenset(msg.ejected)
             elif isinstance(msg, Ready):
                 slot.ready.set()
                 log.info("worker %d (pid %d) listening on port %d", slot.index, msg.pid, msg.port)
@@ -229,6 +231,10 @@ class WorkerSet:
             }
             for s in self.slots
         ]
+
+    def ejected(self) -> frozenset[tuple[str, str]]:
+        """(subset, address) that some worker's passive health check has ejected now."""
+        return frozenset().union(*(s.ejected for s in self.slots))
 
     def alive(self) -> int:
         return sum(1 for s in self.status() if s["alive"])

@@ -311,3 +311,26 @@ async def test_workers_exit_when_the_supervisor_dies(tmp_path) -> None:
         for p in left:  # never leave a process behind, even when the test fails
             os.kill(p, signal.SIGKILL)
         assert not left
+
+
+def _dead_endpoint_config(dead: int, p1: int, p2: int, proxy: int, admin: int) -> str:
+    return _config(p1, p2, proxy, admin).replace(
+        f'v1: {{endpoints: ["127.0.0.1:{p1}"]}}',
+        f'v1: {{endpoints: ["127.0.0.1:{p1}", "127.0.0.1:{dead}"]}}',
+    )
+
+
+async def test_status_shows_an_endpoint_a_worker_ejected(tmp_path) -> None:
+    dead = _free_port()  # nothing listens there: connects are refused
+    config = functools.partial(_dead_endpoint_config, dead)
+    async with served(tmp_path, config=config) as srv:
+        for _ in range(60):
+            await srv.get()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            (v1,) = [u for u in (await srv.status())["upstreams"] if u["name"] == "v1"]
+            ejected = {e["address"]: e["ejected"] for e in v1["endpoints"]}
+            if ejected[f"127.0.0.1:{dead}"]:
+                break
+            await asyncio.sleep(0.1)
+        assert ejected == {f"127.0.0.1:{srv.ports[0]}": False, f"127.0.0.1:{dead}": True}
