@@ -144,6 +144,7 @@ def config_text(
     limits: dict[str, Any] | None = None,
     extra_route: str = "",
     upstream_opts: str = "idle_timeout: 1s",
+    route_opts: str = "",
 ) -> str:
     """A proxy config: one `default` route splitting over `upstreams` by `weights`."""
     weights = weights or {name: 1 for name in upstreams}
@@ -162,6 +163,8 @@ def config_text(
     lines.append("  - name: default")
     lines.append("    route:")
     lines += [f"      - {{destination: {n}, weight: {w}}}" for n, w in weights.items()]
+    if route_opts:
+        lines.append(f"    {route_opts}")
     return "\n".join(x for x in lines if x) + "\n"
 
 

@@ -45,11 +45,15 @@ async def _kill_and_restart(victim: UpstreamProcess, t0: float) -> tuple[float, 
     return killed, time.time()
 
 
+RETRIES = 'retries: {attempts: 2, retry_on: [connect-failure, reset, "502", "503"]}'
+
+
+@pytest.mark.parametrize("route_opts", ["", RETRIES], ids=["no-retries", "retries"])
 async def test_upstream_kill_confined_and_no_duplicate_posts(
-    make_proxy: ProxyFactory, own_upstreams: dict[str, UpstreamProcess]
+    make_proxy: ProxyFactory, own_upstreams: dict[str, UpstreamProcess], route_opts: str
 ) -> None:
     v1, v2 = own_upstreams["v1"], own_upstreams["v2"]
-    proxy = make_proxy(upstreams={"v1": v1.address, "v2": v2.address})
+    proxy = make_proxy(upstreams={"v1": v1.address, "v2": v2.address}, route_opts=route_opts)
     load = Load(proxy.port, rate=100, seconds=SECONDS, run=f"kill-{time.time_ns()}")
     t0 = time.time()
     task = asyncio.create_task(load.run_load())
