@@ -334,3 +334,19 @@ async def test_status_shows_an_endpoint_a_worker_ejected(tmp_path) -> None:
                 break
             await asyncio.sleep(0.1)
         assert ejected == {f"127.0.0.1:{srv.ports[0]}": False, f"127.0.0.1:{dead}": True}
+
+
+async def test_a_second_sigterm_stops_the_workers_without_waiting(tmp_path) -> None:
+    async with served(tmp_path, delay=30.0) as srv:
+        pids = [w["pid"] for w in (await srv.status())["workers"]]
+        hung = [asyncio.create_task(srv.get("/hang")) for _ in range(4)]
+        await asyncio.sleep(0.4)
+        srv.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.4)
+        srv.proc.send_signal(signal.SIGTERM)
+        # bounded well below the 10 s drain and the 30 s upstream delay
+        assert await asyncio.wait_for(srv.proc.wait(), 8) == 0
+        assert all(_gone(p) for p in pids)
+        for t in hung:
+            with pytest.raises(aiohttp.ClientError):
+                await asyncio.wait_for(t, 5)
