@@ -87,17 +87,30 @@ class Worker:
         report = Report(os.getpid(), self.metrics.export_counts(), final, ejected)
         self.writer.write(frame(report))
 
-    async def report_loop(self) -> None:
-        while True:
-            await asyncio.sleep(REPORT_EVERY)
-            self.report()
-            await self.writer.drain()
+    async def report_loop(self, stop: asyncio.Event) -> None:
+        try:
+            while True:
+                await asyncio.sleep(REPORT_EVERY)
+                self.report()
+                await self.writer.drain()
+        except ConnectionError:
+            stop.set()  # the supervisor is gone
+        except Exception:
+            # a worker that cannot report would be invisible to the controller: better
+            # to exit and be restarted than to serve on uncounted
+            log.exception("worker %d: cannot report; exiting", os.getpid())
+            stop.set()
 
-    async def read_loop(self, reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
-        while (msg := await read_frame(reader)) is not None:
-            if isinstance(msg, State):
-                self.apply(msg)
-        gone.set()
+    async def read_loop(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+        """Apply each State; at end of stream (the supervisor is gone) stop."""
+        try:
+            while (msg := await read_frame(reader)) is not None:
+                if isinstance(msg, State):
+                    self.apply(msg)
+        except Exception:
+            # never keep serving on a routing state the supervisor no longer has
+            log.exception("worker %d: cannot apply the routing state; exiting", os.getpid())
+        stop.set()
 
     async def close(self) -> None:
         if self.server is not None:
@@ -125,7 +138,7 @@ async def run(fd: int) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = [
-        asyncio.create_task(worker.report_loop(), name="worker report"),
+        asyncio.create_task(worker.report_loop(stop), name="worker report"),
         asyncio.create_task(worker.read_loop(reader, stop), name="worker state"),
     ]
     await stop.wait()

@@ -72,9 +72,9 @@ class WorkerSet:
         """Start every worker and wait until each listens; WorkerFailed if one cannot."""
         self.host, self.port = host, port
         for slot in self.slots:
-            self._tasks.append(
-                asyncio.create_task(self._supervise(slot), name=f"worker {slot.index}")
-            )
+            task = asyncio.create_task(self._supervise(slot), name=f"worker {slot.index}")
+            task.add_done_callback(_log_crash)
+            self._tasks.append(task)
         waits = [asyncio.ensure_future(self._started(s)) for s in self.slots]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
@@ -238,6 +238,11 @@ class WorkerSet:
 
     def alive(self) -> int:
         return sum(1 for s in self.status() if s["alive"])
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s: supervision crashed", task.get_name(), exc_info=task.exception())
 
 
 def _describe(code: int) -> str:
