@@ -43,12 +43,16 @@ class Worker:
         self.server: Any = None
         self.access_log: Any = None
 
-    def apply(self, state: State) -> None:
-        """Build the table aside, then swap; requests in flight keep the one they started on."""
+    async def apply(self, state: State) -> None:
+        """Build the table aside, then swap; requests in flight keep the one they started on.
+
+        The build runs in a thread: for a thousand routes it takes a few hundred ms, and
+        the loop keeps serving meanwhile (the GIL is handed over every few ms).
+        """
         config = state.config or self.config
         assert config is not None
         try:
-            table = build_table(config, state.overrides)
+            table = await asyncio.to_thread(build_table, config, state.overrides)
         except ValueError as exc:  # the supervisor built the same table first; kept as a guard
             log.error("worker %d: routing state rejected: %s", os.getpid(), exc)
             return
@@ -106,7 +110,7 @@ class Worker:
         try:
             while (msg := await read_frame(reader)) is not None:
                 if isinstance(msg, State):
-                    self.apply(msg)
+                    await self.apply(msg)
         except Exception:
             # never keep serving on a routing state the supervisor no longer has
             log.exception("worker %d: cannot apply the routing state; exiting", os.getpid())
@@ -128,7 +132,7 @@ async def run(fd: int) -> int:
         log.error("worker %d: no initial state from the supervisor", os.getpid())
         return 1
     worker = Worker(writer)
-    worker.apply(first)
+    await worker.apply(first)
     try:
         port = await worker.listen(first.host, first.port)
     except OSError as exc:
