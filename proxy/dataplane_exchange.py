@@ -20,6 +20,7 @@ from proxy.dataplane_upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
 from proxy.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
 if TYPE_CHECKING:
+    from proxy.config.schema import HeaderPolicy
     from proxy.routing.table import CompiledRoute
     from proxy.server import ClientConnection
 
@@ -29,7 +30,8 @@ NO_BODY, RAW, CHUNKED, CLOSE = 0, 1, 2, 3
 RETRY_STATUS = {502: "502", 503: "503", 504: "504"}
 BLOCK_CONN = 4  # client read block: body waits for an upstream connection
 _NONE: frozenset[bytes] = frozenset()
-_POLICIES: dict[tuple[CompiledRoute, str], hdr.Policy] = {}  # per (route, subset)
+# (id(route headers), id(destination headers)) -> (those two values, merged policy)
+_POLICIES: dict[tuple[int, int], tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]] = {}
 
 
 class Exchange:
@@ -218,14 +220,19 @@ class Exchange:
         return lines + framing + b"\r\n"
 
     def _policy(self) -> hdr.Policy:
-        key = (self.route, self.subset)  # CompiledRoute hashes by identity
-        policy = _POLICIES.get(key)
-        if policy is None:
-            if len(_POLICIES) > 4096:
-                _POLICIES.clear()  # old tables after many reloads
-            dest = self.route.dest_headers.get(self.subset)
-            found = [self.route.headers] + ([dest] if dest is not None else [])
-            policy = _POLICIES[key] = hdr.build_policy(found)
+        route = self.route
+        dest = route.dest_headers.get(self.subset)
+        # Keyed by the identity of the (small, immutable) HeaderPolicy values, not of the
+        # route: an entry never keeps a whole routing table of an old config alive.
+        key = (id(route.headers), id(dest))
+        hit = _POLICIES.get(key)
+        if hit is not None and hit[0] is route.headers and hit[1] is dest:
+            return hit[2]
+        if len(_POLICIES) >= 1024:
+            _POLICIES.clear()  # configs replaced by many reloads
+        found = [route.headers] + ([dest] if dest is not None else [])
+        policy = hdr.build_policy(found)
+        _POLICIES[key] = (route.headers, dest, policy)
         return policy
 
     def _attempt(self, fresh: bool) -> None:
