@@ -29,11 +29,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(listen: str) -> socket.socket:
+def bind(listen: str, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; `reuse_port` lets every worker of `serve --workers` bind it too."""
     host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from proxy.app_net import StartupError, bind
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import RoutingTable, build_table
@@ -78,7 +79,9 @@ class Worker:
         self.server = ProxyServer(
             lambda: self.table, self.pools, self.metrics, self.access_log, self.config.limits
         )
-        await self.server.start(host, port, reuse_port=True)
+        # bound here, not by create_server, so that "[::]" is dual-stack as in one process
+        sock = bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", reuse_port=True)
+        await self.server.start(host, port, sock=sock)
         return int(self.server.port)
 
     def report(self, final: bool = False) -> None:
@@ -135,8 +138,8 @@ async def run(fd: int) -> int:
     await worker.apply(first)
     try:
         port = await worker.listen(first.host, first.port)
-    except OSError as exc:
-        log.error("worker %d: cannot listen on port %d: %s", os.getpid(), first.port, exc)
+    except StartupError as exc:
+        log.error("worker %d: %s", os.getpid(), exc)
         return 3
     writer.write(frame(Ready(os.getpid(), port)))
     stop = asyncio.Event()
