@@ -185,7 +185,7 @@ async def test_sighup_reload_reaches_every_worker(tmp_path) -> None:
     async with served(tmp_path) as srv:
         srv.cfg.write_text(_config(*srv.ports, w1=0, w2=100))
         srv.proc.send_signal(signal.SIGHUP)
-        assert await _answers_within(srv, "v2", 5.0)
+        assert await _answers_within(srv, "v2", 1.0)
         st = await srv.counted(20)
         assert all(w["requests"] > 0 for w in st["workers"])
         assert st["revision"] >= 2
