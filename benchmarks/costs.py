@@ -2,8 +2,8 @@
 
 Times the steps the data plane takes for one proxied request, in-process and one at a time,
 through the same public functions it calls: parse (httptools, with callbacks like the
-server's), route (RoutingTable.decide), request id, header blocks (compile_ops +
-request_lines + response_lines), metrics (ProxyMetrics.observe), and the send() syscalls
+server's), route (RoutingTable.decide), header blocks (request_lines +
+response_lines), metrics (ProxyMetrics.observe), and the send() syscalls
 (loopback TCP). Read it next to the benchmark's CPU µs per request: what is not listed here is
 the event loop, read()/epoll and the Protocol glue.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import socket
 import sys
 import timeit
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,20 +96,13 @@ def header_cost() -> float:
     sink = _Sink()
     httptools.HttpRequestParser(sink).feed_data(REQUEST[:-2] + b"\r\n")
 
+    policy = hdr.build_policy([route.headers])  # built once per route by the server
+
     def both() -> None:
-        ops = [hdr.compile_ops(route.headers.request)]
-        hdr.request_lines(sink.headers, frozenset(), b"127.0.0.1", b"http", b"0" * 32, ops)
-        rops = [hdr.compile_ops(route.headers.response)]
-        hdr.response_lines(RESPONSE_HEADERS, frozenset(), rops, None)
+        hdr.request_lines(sink.headers, frozenset(), b"127.0.0.1", b"http", b"0" * 32, policy)
+        hdr.response_lines(RESPONSE_HEADERS, frozenset(), policy, None)
 
     return per_call_us(both)
-
-
-def compile_ops_cost() -> float:
-    route = table_for(scenarios.by_name(("small",))[0]).route("default")
-    return per_call_us(
-        lambda: (hdr.compile_ops(route.headers.request), hdr.compile_ops(route.headers.response))
-    )
 
 
 def metrics_costs() -> dict[str, float]:
@@ -149,9 +141,7 @@ def send_cost(size: int = 160) -> float:
 def run() -> dict[str, float]:
     out = {"parse (httptools + callbacks)": parse_cost()}
     out.update(route_costs())
-    out["request id (uuid4().hex)"] = per_call_us(lambda: uuid.uuid4().hex.encode(), 20_000)
-    out["header blocks (compile_ops x2 + request_lines + response_lines)"] = header_cost()
-    out["  of which compile_ops x2 (per request, could be per table)"] = compile_ops_cost()
+    out["header blocks (request_lines + response_lines)"] = header_cost()
     out.update(metrics_costs())
     out["one send() syscall, 160 B loopback"] = send_cost()
     return out
