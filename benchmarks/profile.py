@@ -51,6 +51,104 @@ def _frame_file(frame: str) -> str:
     return where.split(":")[0]
 
 
+# Phases of one proxied request, by function name (py-spy frames read "Class.method (file:line)").
+# A sample goes to the phase of the frame nearest its leaf that names one; names marked
+# leaf-only count only as the leaf itself (they are ancestors of everything else too).
+PHASES: tuple[tuple[str, frozenset[str], bool], ...] = (
+    (
+        "write (send syscalls)",
+        frozenset(
+            {
+                "Exchange._send_head",
+                "ClientConnection.uncork",
+                "ClientConnection.write",
+                "ClientConnection.writelines",
+            }
+        ),
+        False,
+    ),
+    ("route (RoutingTable.decide)", frozenset({"RoutingTable.decide"}), False),
+    ("metrics", frozenset({"ProxyMetrics.observe", "ProxyMetrics.upstream_error"}), False),
+    (
+        "header blocks",
+        frozenset(
+            {
+                "request_lines",
+                "response_lines",
+                "Exchange._build_head",
+                "Exchange._response_head",
+                "Exchange._policy",
+            }
+        ),
+        False,
+    ),
+    (
+        "pick (upstream pool)",
+        frozenset(
+            {
+                "UpstreamPool.acquire",
+                "UpstreamPool._give",
+                "UpstreamPool._pick",
+                "UpstreamPool.release",
+            }
+        ),
+        True,
+    ),
+    (
+        "timers",
+        frozenset(
+            {"Exchange._arm_response_timer", "ClientConnection._arm_idle", "Exchange._cancel_timer"}
+        ),
+        False,
+    ),
+    (
+        "parse client request",
+        frozenset(
+            {
+                "ClientConnection.data_received",
+                "ClientConnection.on_header",
+                "ClientConnection.on_url",
+                "ClientConnection.on_message_begin",
+                "_check_request_line",
+            }
+        ),
+        True,
+    ),
+    (
+        "parse upstream response",
+        frozenset(
+            {
+                "UpstreamConnection.data_received",
+                "UpstreamConnection.on_header",
+                "UpstreamConnection.on_message_begin",
+            }
+        ),
+        True,
+    ),
+    ("event loop: epoll, read(), dispatch (uvloop, native)", frozenset({"Runner.run"}), True),
+)
+
+
+def phase_of(stack: list[str]) -> str:
+    names = [f.split(" (")[0] for f in stack]
+    for depth, name in enumerate(reversed(names)):
+        for phase, members, leaf_only in PHASES:
+            if name in members and (depth == 0 or not leaf_only):
+                return phase
+    return "other Protocol/Exchange glue"
+
+
+def phases(collapsed: str) -> dict[str, float]:
+    """Share of samples per request phase."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[phase_of(stack.split(";"))] += int(count)
+    total = sum(counts.values()) or 1
+    return {k: v / total for k, v in counts.most_common()}
+
+
 def summarize(collapsed: str, top: int = 25) -> str:
     """Own-time share per file and per leaf function, from py-spy's collapsed stacks."""
     by_file: collections.Counter[str] = collections.Counter()
@@ -65,7 +163,9 @@ def summarize(collapsed: str, top: int = 25) -> str:
         total += n
         by_file[_short(_frame_file(leaf))] += n
         by_func[_short(leaf)] += n
-    lines = [f"samples: {total}", "", "own time by file:"]
+    lines = [f"samples: {total}", "", "by phase of the request:"]
+    lines += [f"  {share:6.1%}  {name}" for name, share in phases(collapsed).items()]
+    lines += ["", "own time by file:"]
     lines += [f"  {n / total:6.1%}  {f}" for f, n in by_file.most_common(top)]
     lines += ["", "own time by function:"]
     lines += [f"  {n / total:6.1%}  {f}" for f, n in by_func.most_common(top)]
