@@ -1,10 +1,11 @@
 """`python -m benchmarks [--quick] [--out DIR]`: our proxy against nginx and HAProxy, one run.
 
-For each scenario: wrk straight to the upstream at 1 connection (the baseline for added
-latency), then each proxy started with the scenario's config, pinned to CPU 0, and measured
-at 1, 64 and 256 connections: rps, p50/p99/p99.9, proxy CPU seconds per 10,000 requests
-(utime+stime of its process tree), peak RSS (VmHWM). Medians over the runs; ratios against
-nginx from the same run. Installs nothing; a missing program is skipped with a note.
+For each scenario every proxy is started with the scenario's config, pinned to CPU 0, and
+measured at 1, 64 and 256 connections, runs interleaved between the proxies: rps,
+p50/p99/p99.9, proxy CPU seconds per 10,000 requests (utime+stime of its process tree), peak
+RSS (VmHWM). wrk straight to the upstream at 1 connection is the baseline for added latency.
+Medians over the runs; ratios against nginx from the same run. Installs nothing; a missing
+program is skipped with a note.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     names = tuple(s.name for s in scenarios.SCENARIOS)
     if args.quick:
-        plan = Plan(scenarios.QUICK, (1, 64), 1.0, 1, ("nginx", "haproxy", "ours"), 1.0)
+        plan = Plan(scenarios.QUICK, (1, 64), 1.0, 1, ("nginx", "haproxy", "ours"), 0.0)
     else:
         plan = Plan(names, (1, 64, 256), 3.0, 3, ("nginx", "haproxy", "ours"), 1.0)
     return Plan(
@@ -130,7 +131,7 @@ def bench_scenario(
     script.write_text(scenarios.wrk_script(s))
     targets = start_targets(s, d, up, plan, notes)
     try:
-        for t in targets[1:]:
+        for t in targets[1:] if plan.warmup else ():
             wrk.run(t.url + s.path, 64, plan.warmup, script, s.headers)  # fill upstream pools
         live = list(targets)
         for conns in plan.connections:
