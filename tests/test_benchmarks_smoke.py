@@ -1,6 +1,8 @@
 """`python -m benchmarks --quick` runs end to end and reports every proxy in every scenario.
 
-Speed is not asserted (it varies with the machine); the table's shape is.
+Speed is not asserted (it varies with the machine); the table's shape is. The fast tests
+check the parts the figures rest on: wrk output parsing, the ratio arithmetic, and that every
+generated config is accepted by the program it is for.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import proxies, scenarios
+from benchmarks import configs, proxies, report, scenarios, wrk
+from proxy.config.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+HAPROXY = shutil.which("haproxy") or (
+    "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+)
 
 
 def _expected_proxies() -> list[str]:
     return [name for name, (start, _) in proxies.available().items() if start is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
-    not (shutil.which("wrk") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())),
+    not (shutil.which("wrk") and NGINX),
     reason="the benchmark needs wrk and nginx (apt-get install wrk nginx)",
 )
 def test_quick_run_reports_a_row_per_proxy_and_scenario(tmp_path: Path) -> None:
@@ -62,3 +69,83 @@ def test_unknown_scenario_is_rejected_before_anything_starts(tmp_path: Path) -> 
     assert run.returncode != 0
     assert "unknown scenario" in run.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8080/
+  1 threads and 64 connections
+  Latency Distribution
+     50%    1.00ms
+  30000 requests in 1.00s, 4.00MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:  30000.00
+BENCH requests=30000 duration_us=1500000 p50=1000 p99=2500 p999=9000 max=12000 connect=0 read=3 write=0 status=7 timeout=1
+"""
+
+
+def test_wrk_output_is_parsed_from_the_done_hook_line() -> None:
+    r = wrk.parse(WRK_OUTPUT)
+    assert (r.requests, r.seconds, r.rps) == (30000, 1.5, 20000.0)
+    assert (r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms) == (1.0, 2.5, 9.0, 12.0)
+    assert r.non_2xx == 7
+    assert r.errors == {"read": 3, "timeout": 1}
+
+
+def test_wrk_output_without_result_line_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no BENCH line"):
+        wrk.parse("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def _row(proxy: str, cells: dict[int, tuple[float, float, float]]) -> dict:
+    return {
+        "proxy": proxy,
+        "scenario": "small",
+        "peak_rss_mb": 10.0,
+        "cells": [
+            {"conns": c, "rps": rps, "p50_ms": p50, "p99_ms": p50 * 2, "cpu_s_per_10k": cpu}
+            for c, (rps, p50, cpu) in cells.items()
+        ],
+    }
+
+
+def test_ratios_are_against_nginx_and_latency_is_added_over_direct() -> None:
+    rows = [
+        _row("direct", {1: (50000, 0.02, 0.0)}),
+        _row("nginx", {1: (8000, 0.10, 0.5), 64: (40000, 1.0, 0.2)}),
+        _row("ours", {1: (6000, 0.18, 0.9), 64: (20000, 3.0, 0.5)}),
+    ]
+    ours = next(r for r in report.ratios(rows) if r["proxy"] == "ours")
+    assert ours["rps_64_x"] == 0.5
+    assert ours["cpu_x"] == 2.5
+    assert ours["added_p50_ms"] == 0.16
+    assert ours["added_p50_x"] == 2.0  # 0.16 added against nginx's 0.08
+    assert ours["rps_256_x"] is None  # not measured: no figure, not a zero
+    assert [r["proxy"] for r in report.ratios(rows)] == ["nginx", "ours"]
+
+
+@pytest.mark.parametrize("s", scenarios.SCENARIOS, ids=lambda s: s.name)
+def test_our_config_for_every_scenario_is_valid(s: scenarios.Scenario, tmp_path: Path) -> None:
+    config, errors = validate(configs.ours_dict(8080, 9901, (9001, 9002), s, tmp_path / "a.log"))
+    assert errors == [] and config is not None
+    assert [r.name for r in config.routes][-1] == "default"
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx not installed")
+@pytest.mark.parametrize("s", scenarios.SCENARIOS, ids=lambda s: s.name)
+def test_nginx_accepts_every_generated_config(s: scenarios.Scenario, tmp_path: Path) -> None:
+    for conf in (
+        configs.nginx_proxy(tmp_path, 8080, (9001, 9002), s),
+        configs.upstream_nginx(tmp_path, (9001, 9002)),
+    ):
+        check = [str(NGINX), "-t", "-p", str(tmp_path), "-c", str(conf)]
+        r = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy not installed")
+@pytest.mark.parametrize("s", scenarios.SCENARIOS, ids=lambda s: s.name)
+def test_haproxy_accepts_every_generated_config(s: scenarios.Scenario, tmp_path: Path) -> None:
+    conf = configs.haproxy(tmp_path, 8080, (9001, 9002), s)
+    r = subprocess.run(
+        [str(HAPROXY), "-c", "-f", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
