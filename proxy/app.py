@@ -20,14 +20,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import AdminAPI, BadInput
-from proxy.app_control import AdminControl
+from proxy.app_control import AdminControl, CanaryHostControl
 from proxy.app_net import StartupError, bind, check_free, is_loopback, split_listen
 from proxy.config.load import load_text
-from proxy.config.schema import Config, MatchRule
+from proxy.config.schema import Config
 from proxy.health import HealthChecker
-from proxy.metrics import ProxyMetrics, VersionSnapshot
+from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides, RoutingTable, build_table
-from proxy.state import RoutingState, StateStore, file_weights, match_from_json, reconcile
+from proxy.state import RoutingState, StateStore, match_from_json, reconcile
 from proxy.upstream import Pools
 
 log = logging.getLogger("canaryproxy")
@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     CanaryManager = None  # type: ignore[assignment,misc]
 
 
-class App(AdminControl):
+class App(AdminControl, CanaryHostControl):
     """One proxy: data plane + admin API + controllers, started and stopped in-process.
 
     With `workers` > 1 this process is the supervisor: the data plane runs in that many
@@ -347,41 +347,6 @@ class App(AdminControl):
         self._bad_hash = text_hash
         self.last_reload_error = "; ".join(errors)
         return {"result": "rejected", "error": self.last_reload_error, "errors": errors}
-
-    # -- canary host -----------------------------------------------------------------
-
-    def current_config(self) -> Config:
-        assert self.config is not None
-        return self.config
-
-    def snapshot(self, route: str, version: str) -> VersionSnapshot:
-        return self.metrics.snapshot(route, version)
-
-    def apply_canary(
-        self,
-        canary: str,
-        route: str,
-        weights: dict[str, float] | None,
-        match: tuple[str, tuple[MatchRule, ...]] | None,
-        cause: str,
-    ) -> None:
-        assert self.config is not None
-        new_weights = dict(self.routing.weights)
-        if weights is not None:
-            new_weights[route] = dict(weights)
-        new_match = dict(self.routing.canary_match)
-        if match is None:
-            new_match.pop(route, None)
-        else:
-            new_match[route] = match
-        new = RoutingState(new_weights, new_match, file_weights(self.config))
-        self._apply(new, cause, quiet_if_same=True)
-
-    def save_canary_state(self, name: str, state: dict) -> None:
-        self.store.save_canary_state(name, state)
-
-    def load_canary_state(self, name: str) -> dict | None:
-        return self.store.load_canary_state(name)
 
     # -- health ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The admin API's Controller: the App methods behind /api/v1 (weights, switch, undo, ...).
+"""The App methods behind /api/v1 (weights, switch, undo, ...) and the canary manager.
 
 A mixin of App, kept apart so wiring and control read separately. Every mutation goes
 through `App._apply`, which builds the table aside and swaps it.
@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from proxy.admin import BadInput, NotFound, explain_args, readiness
-from proxy.config.schema import Config, Route
-from proxy.metrics import ProxyMetrics
+from proxy.config.schema import Config, MatchRule, Route
+from proxy.metrics import ProxyMetrics, VersionSnapshot
 from proxy.routing.table import RoutingTable
 from proxy.state import RoutingState, StateStore, file_weights, match_from_json
 from proxy.upstream import Pools
@@ -166,3 +166,48 @@ class AdminControl:
             "canary_match": match[0] if match else None,
             "versions": {s: self.metrics.version_rates(r.name, s) for s in weights},
         }
+
+
+class CanaryHostControl:
+    """What the canary manager calls (proxy.canary.runner's host); the attributes are App's."""
+
+    config: Config | None
+    routing: RoutingState
+    store: StateStore
+    metrics: ProxyMetrics
+
+    def _apply(self, routing: RoutingState, cause: str, quiet_if_same: bool = False) -> dict:
+        raise NotImplementedError
+
+    def current_config(self) -> Config:
+        assert self.config is not None
+        return self.config
+
+    def snapshot(self, route: str, version: str) -> VersionSnapshot:
+        return self.metrics.snapshot(route, version)
+
+    def apply_canary(
+        self,
+        canary: str,
+        route: str,
+        weights: dict[str, float] | None,
+        match: tuple[str, tuple[MatchRule, ...]] | None,
+        cause: str,
+    ) -> None:
+        assert self.config is not None
+        new_weights = dict(self.routing.weights)
+        if weights is not None:
+            new_weights[route] = dict(weights)
+        new_match = dict(self.routing.canary_match)
+        if match is None:
+            new_match.pop(route, None)
+        else:
+            new_match[route] = match
+        new = RoutingState(new_weights, new_match, file_weights(self.config))
+        self._apply(new, cause, quiet_if_same=True)
+
+    def save_canary_state(self, name: str, state: dict) -> None:
+        self.store.save_canary_state(name, state)
+
+    def load_canary_state(self, name: str) -> dict | None:
+        return self.store.load_canary_state(name)
