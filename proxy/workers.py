@@ -48,6 +48,7 @@ class _Slot:
     requests: int = 0
     last_exit: int | None = None
     ejected: frozenset[tuple[str, str]] = frozenset()
+    listening: bool = False
 
 
 class WorkerSet:
@@ -137,7 +138,7 @@ class WorkerSet:
         slot.proc, slot.writer, slot.config_sent, slot.requests = proc, writer, -1, 0
         self._send(slot)
         await self._read_reports(slot, reader)
-        slot.writer, slot.ejected = None, frozenset()
+        slot.writer, slot.ejected, slot.listening = None, frozenset(), False
         writer.close()
         code = await proc.wait()
         self.metrics.retire(proc.pid)
@@ -165,6 +166,7 @@ class WorkerSet:
                 slot.ejected = frozenset(msg.ejected)
             elif isinstance(msg, Ready):
                 slot.ready.set()
+                slot.listening = True
                 log.info("worker %d (pid %d) listening on port %d", slot.index, msg.pid, msg.port)
 
     # -- routing state -------------------------------------------------------------------
@@ -226,6 +228,7 @@ class WorkerSet:
                 "index": s.index,
                 "pid": s.proc.pid if s.proc else None,
                 "alive": s.proc is not None and s.proc.returncode is None,
+                "listening": s.listening,
                 "restarts": s.restarts,
                 "requests": s.requests,
             }

@@ -191,35 +191,42 @@ async def test_sighup_reload_reaches_every_worker(tmp_path) -> None:
         assert st["revision"] >= 2
 
 
-async def test_a_killed_worker_is_restarted_and_counts_are_kept(tmp_path) -> None:
+async def test_a_killed_worker_is_restarted_with_current_routing_and_counts_kept(
+    tmp_path,
+) -> None:
     async with served(tmp_path) as srv:
         for _ in range(20):
             await srv.get()
         st = await srv.counted(20)
+        body = {"v1": 0, "v2": 100}  # state the file does not have: the new worker must be sent it
+        async with srv.s.put(srv.admin + "/api/v1/routes/default/weights", json=body) as r:
+            assert r.status == 200
         victim = st["workers"][0]["pid"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             w0 = (await srv.status())["workers"][0]
-            if w0["alive"] and w0["pid"] != victim and w0["restarts"] == 1:
+            if w0["listening"] and w0["pid"] != victim and w0["restarts"] == 1:
                 break
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the killed worker was not restarted")
         for _ in range(20):
-            assert await srv.get() == (200, "v1")
+            assert await srv.get() == (200, "v2")
         # the dead worker's last report stays in the totals, the new one adds to them
-        assert await _v1_requests(srv, 40) == 40
+        assert await _requests(srv, "v2", 20) == 20
+        assert await _requests(srv, "v1", 20) == 20
+        assert (await srv.status())["workers"][0]["requests"] > 0  # the new worker answered v2
         await _stop(srv.proc)
         assert srv.proc.stderr is not None
         err = await asyncio.wait_for(srv.proc.stderr.read(), 10)
         assert b"exited with signal SIGKILL; restarting" in err
 
 
-async def _v1_requests(srv: Served, expect: int) -> int:
+async def _requests(srv: Served, version: str, expect: int) -> int:
     deadline = time.monotonic() + 5
     while True:
-        n = (await srv.status())["routes"][0]["versions"]["v1"]["requests"]
+        n = (await srv.status())["routes"][0]["versions"][version]["requests"]
         if n >= expect or time.monotonic() > deadline:
             return int(n)
         await asyncio.sleep(0.1)
