@@ -9,11 +9,9 @@ others wait with client reads paused. Timers are plain `loop.call_later` handles
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 from collections import deque
 from collections.abc import Callable
-from random import getrandbits
 from typing import Any, Protocol
 
 import httptools
@@ -23,12 +21,24 @@ from proxy.accesslog import AccessLog
 from proxy.config.schema import Limits
 from proxy.dataplane_errors import CLOSING
 from proxy.dataplane_exchange import Exchange
+from proxy.dataplane_request import (
+    HOST,
+    MAX_FIELD,
+    MAX_HEADERS,
+    MAX_HEADERS_TOTAL,
+    MAX_LINE,
+    NONE,
+    SPECIAL,
+    Reject,
+    Stop,
+    bare_request,
+    check_request_line,
+    framing_error,
+    new_request_id,
+    origin_form,
+)
 from proxy.upstream import Pools
 
-MAX_LINE = 8192  # request line -> 414
-MAX_FIELD = 8192  # one header field -> 431
-MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
-MAX_HEADERS = 100  # header count -> 431
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
 
 
@@ -39,16 +49,6 @@ class Metrics(Protocol):
 
     def upstream_error(self, version: str, reason: str) -> None: ...
     def mirrored(self, route: str, version: str) -> None: ...
-
-
-class _Reject(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Stop(Exception):
-    """Stop parsing: the connection closes after what is already queued."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -126,19 +126,19 @@ class ClientConnection(asyncio.Protocol):
             if self.parsing is None and not began:
                 if self.deadline_kind != "head":
                     self._set_deadline("head", self.limits.header_timeout)  # from 1st byte
-                _check_request_line(data)
+                check_request_line(data)
             self.parser.feed_data(data)
             if self.in_head:
                 self._count_head(began, len(data))
-        except _Reject as exc:
+        except Reject as exc:
             self.reject(exc.reason)
         except httptools.HttpParserUpgrade:
             self._stop_reading()  # the request was served; no protocol switch follows
         except httptools.HttpParserError as exc:
             ctx = exc.__context__
-            if isinstance(ctx, _Reject):
+            if isinstance(ctx, Reject):
                 self.reject(ctx.reason)
-            elif not isinstance(ctx, _Stop):
+            elif not isinstance(ctx, Stop):
                 self.reject("bad_request")
 
     def _count_head(self, began: bool, size: int) -> None:
@@ -148,7 +148,7 @@ class ClientConnection(asyncio.Protocol):
         else:  # the head started inside this read: count what the callbacks saw
             self.head_size = len(self.url) + self.hsize
         if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
-            raise _Reject("headers_too_large" if self.url_done else "uri_too_long")
+            raise Reject("headers_too_large" if self.url_done else "uri_too_long")
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -239,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
             self.parsing = None
             ex.client_error(reason)
             return
-        ex = Exchange(self, self._bare_request())
+        ex = Exchange(self, bare_request(self.peer))
         ex.local = reason
         self._enqueue(ex)
 
@@ -331,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > MAX_LINE:
-            raise _Reject("uri_too_long")
+            raise Reject("uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
@@ -339,22 +339,22 @@ class ClientConnection(asyncio.Protocol):
         self.url_done = True
         self.hsize += len(name) + len(value) + 4
         if len(self.headers) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
-            raise _Reject("headers_too_large")
+            raise Reject("headers_too_large")
         if self.hsize > MAX_HEADERS_TOTAL:
-            raise _Reject("headers_too_large")
+            raise Reject("headers_too_large")
         lname = name.lower()
         if b"_" in lname:
             return
         value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
-        if lname in _SPECIAL:
+        if lname in SPECIAL:
             self._special(lname, value)
         self.headers.append((lname, name, value))
 
     def _special(self, lname: bytes, value: bytes) -> None:
         if lname == b"host":
             self.hosts += 1
-            if _HOST.fullmatch(value) is None:
-                raise _Reject("bad_request")
+            if HOST.fullmatch(value) is None:
+                raise Reject("bad_request")
         elif lname == b"content-length":
             self.cl.append(value)
         elif lname == b"transfer-encoding":
@@ -387,25 +387,25 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(ex)
         if self.requests >= self.limits.keepalive_requests and self.parsing is None:
             self._stop_reading()
-            raise _Stop
+            raise Stop
         if ex.local in CLOSING:
             self.parsing = None
             self._stop_reading()
-            raise _Stop
+            raise Stop
 
     def _request(self) -> dict[str, Any]:
         p = self.parser
         method = p.get_method()
         http10 = p.get_http_version() == "1.0"
-        error = self._framing_error(method, http10)
+        error = framing_error(method, http10, self.hosts, self.cl, self.te, self.url)
         if self.rid is not None and hdr.valid_request_id(self.rid):
             rid = self.rid
         else:
-            rid = _new_request_id()
+            rid = new_request_id()
         trusted = self.limits.trusted_hops
         return {
             "method": method,
-            "target": _origin_form(self.url),
+            "target": origin_form(self.url),
             "http10": http10,
             "keep_alive": p.should_keep_alive(),
             "headers": self.headers,
@@ -413,44 +413,11 @@ class ClientConnection(asyncio.Protocol):
             "chunked": bool(self.te) and error is None,
             "request_id": rid,
             "client_ip": hdr.client_address(self.peer, self.xff, trusted) if trusted else self.peer,
-            "connection": hdr.nominated(self.conn_values) if self.conn_values else _NONE,
+            "connection": hdr.nominated(self.conn_values) if self.conn_values else NONE,
             "xff": hdr.forwarded_for(self.xff, self.peer),
             "proto": self.xfp if trusted > 0 and self.xfp else b"http",
             "has_host": self.hosts == 1,
             "error": error,
-        }
-
-    def _framing_error(self, method: bytes, http10: bool) -> str | None:
-        if method == b"CONNECT":
-            return "method_not_allowed"
-        if self.hosts > 1 or (self.hosts == 0 and not http10):
-            return "bad_request"
-        if len(self.cl) > 1 or (self.cl and self.te):
-            return "bad_request"
-        if self.cl and not self.cl[0].isdigit():
-            return "bad_request"
-        if self.te and (http10 or len(self.te) > 1 or self.te[0].strip().lower() != b"chunked"):
-            return "bad_request"
-        if not self.url.startswith(b"/") and not self.url.startswith(b"http") and self.url != b"*":
-            return "bad_request"
-        return None
-
-    def _bare_request(self) -> dict[str, Any]:
-        return {
-            "method": b"GET",
-            "target": b"",
-            "http10": False,
-            "keep_alive": False,
-            "headers": [],
-            "content_length": None,
-            "chunked": False,
-            "request_id": _new_request_id(),
-            "client_ip": self.peer,
-            "connection": frozenset(),
-            "xff": b"",
-            "proto": b"http",
-            "has_host": False,
-            "error": None,
         }
 
     def _decide_headers(self) -> dict[str, str]:
@@ -478,64 +445,6 @@ class ClientConnection(asyncio.Protocol):
             self.queue[-1].req_done = True
         if not self.parser.should_keep_alive() or self.requests >= self.limits.keepalive_requests:
             self._stop_reading()
-
-
-def _new_request_id() -> bytes:
-    """A uuid4-format hex id; random.getrandbits avoids a urandom syscall per request."""
-    return b"%032x" % (getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
-
-
-_UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
-_UUID4_BITS = 0x4000 << 64 | 0x8000 << 48
-
-
-def _origin_form(target: bytes) -> bytes:
-    """Absolute-form targets are routed and forwarded by their path; the authority is never
-    used to pick or reach an upstream (RFC 9112 §3.2.2)."""
-    if target[:1] == b"/" or target == b"*":
-        return target
-    lower = target[:8].lower()
-    if lower.startswith(b"http://") or lower.startswith(b"https://"):
-        rest = target.split(b"//", 1)[1]
-        slash = rest.find(b"/")
-        query = rest.find(b"?")
-        if slash < 0 or (0 <= query < slash):
-            return b"/" + rest[query:] if query >= 0 else b"/"
-        return rest[slash:]
-    return target
-
-
-_NONE: frozenset[bytes] = frozenset()
-# host [":" port]: reg-name / IPv4 / IP-literal characters only (RFC 3986 §3.2.2)
-_HOST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=%-]*(\[[0-9A-Fa-f:.]+\])?(:[0-9]*)?")
-
-
-def _check_request_line(data: bytes) -> None:
-    """llhttp accepts `GET  / HTTP/1.1`; RFC 9112 §3 wants exactly one SP between parts.
-
-    Checked on the read that starts a request (the common case); a request line that
-    arrives split across reads is left to llhttp alone.
-    """
-    start = 0
-    while data.startswith(b"\r\n", start):
-        start += 2  # empty lines before a request are allowed (RFC 9112 §2.2)
-    end = data.find(b"\r\n", start)
-    if end > 0 and data.count(b" ", start, end) != 2:
-        raise _Reject("bad_request")
-
-
-_SPECIAL = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-request-id",
-        b"x-forwarded-proto",
-    }
-)
 
 
 class ProxyServer:

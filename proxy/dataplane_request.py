@@ -1,0 +1,123 @@
+"""Request-head rules of the client side that need no connection state.
+
+Limits (RELIABILITY.md rows 1-3), the framing checks llhttp leaves to us (rows 15-20),
+absolute-form targets, request ids. Used by `proxy.server.ClientConnection`.
+"""
+
+from __future__ import annotations
+
+import re
+from random import getrandbits
+from typing import Any
+
+MAX_LINE = 8192  # request line -> 414
+MAX_FIELD = 8192  # one header field -> 431
+MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
+MAX_HEADERS = 100  # header count -> 431
+
+
+class Reject(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Stop(Exception):
+    """Stop parsing: the connection closes after what is already queued."""
+
+
+def new_request_id() -> bytes:
+    """A uuid4-format hex id; random.getrandbits avoids a urandom syscall per request."""
+    return b"%032x" % (getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
+
+
+_UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
+_UUID4_BITS = 0x4000 << 64 | 0x8000 << 48
+
+
+def origin_form(target: bytes) -> bytes:
+    """Absolute-form targets are routed and forwarded by their path; the authority is never
+    used to pick or reach an upstream (RFC 9112 §3.2.2)."""
+    if target[:1] == b"/" or target == b"*":
+        return target
+    lower = target[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        rest = target.split(b"//", 1)[1]
+        slash = rest.find(b"/")
+        query = rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + rest[query:] if query >= 0 else b"/"
+        return rest[slash:]
+    return target
+
+
+NONE: frozenset[bytes] = frozenset()
+# host [":" port]: reg-name / IPv4 / IP-literal characters only (RFC 3986 §3.2.2)
+HOST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=%-]*(\[[0-9A-Fa-f:.]+\])?(:[0-9]*)?")
+
+
+def check_request_line(data: bytes) -> None:
+    """llhttp accepts `GET  / HTTP/1.1`; RFC 9112 §3 wants exactly one SP between parts.
+
+    Checked on the read that starts a request (the common case); a request line that
+    arrives split across reads is left to llhttp alone.
+    """
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2  # empty lines before a request are allowed (RFC 9112 §2.2)
+    end = data.find(b"\r\n", start)
+    if end > 0 and data.count(b" ", start, end) != 2:
+        raise Reject("bad_request")
+
+
+SPECIAL = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"x-forwarded-proto",
+    }
+)
+
+
+def framing_error(
+    method: bytes, http10: bool, hosts: int, cl: list[bytes], te: list[bytes], url: bytes
+) -> str | None:
+    """The framing rules llhttp leaves to us (RELIABILITY.md rows 15-18, 20): a reason or None."""
+    if method == b"CONNECT":
+        return "method_not_allowed"
+    if hosts > 1 or (hosts == 0 and not http10):
+        return "bad_request"
+    if len(cl) > 1 or (cl and te):
+        return "bad_request"
+    if cl and not cl[0].isdigit():
+        return "bad_request"
+    if te and (http10 or len(te) > 1 or te[0].strip().lower() != b"chunked"):
+        return "bad_request"
+    if not url.startswith(b"/") and not url.startswith(b"http") and url != b"*":
+        return "bad_request"
+    return None
+
+
+def bare_request(peer: str) -> dict[str, Any]:
+    """Request fields for an answer to bytes that never formed a request."""
+    return {
+        "method": b"GET",
+        "target": b"",
+        "http10": False,
+        "keep_alive": False,
+        "headers": [],
+        "content_length": None,
+        "chunked": False,
+        "request_id": new_request_id(),
+        "client_ip": peer,
+        "connection": frozenset(),
+        "xff": b"",
+        "proto": b"http",
+        "has_host": False,
+        "error": None,
+    }
