@@ -15,7 +15,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import (
@@ -24,6 +24,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+from proxy.worker_counts import EMPTY_COUNTS, Counts, MergeState, SeriesCounts, new_counts
 
 # Seconds. Dense enough that histogram_quantile resolves a P99 from 1 ms to 10 s
 # within one bucket of about 1.5x.
@@ -189,44 +191,6 @@ def _http_families(series: list[_Series]) -> Iterator[Metric]:
     yield dur
 
 
-@dataclass(frozen=True)
-class SeriesCounts:
-    """One (route, version) series as plain data: per code, per bucket (not cumulative), sum."""
-
-    service: str
-    codes: dict[int, int]
-    counts: tuple[int, ...]
-    sum: float
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Everything a worker process counts, cumulative since it started."""
-
-    series: dict[tuple[str, str], SeriesCounts]
-    errors: dict[tuple[str, str], int]  # (version, reason) -> n
-    mirrored: dict[tuple[str, str], int]  # (route, version) -> n
-
-
-EMPTY_COUNTS = Counts({}, {}, {})
-
-
-@dataclass
-class MergeState:
-    """The last report of each live worker process, by PID."""
-
-    last: dict[int, Counts] = field(default_factory=dict)
-
-
-def _new_counts(
-    now: dict[tuple[str, str], int], old: dict[tuple[str, str], int]
-) -> Iterator[tuple[tuple[str, str], int]]:
-    for key, n in now.items():
-        d = n - old.get(key, 0)
-        if d > 0:
-            yield key, d
-
-
 class RateTracker:
     """Per-version rps, error % and P99 over the last few seconds, for `status`.
 
@@ -365,9 +329,9 @@ class ProxyMetrics:
         last = self._merged.last.get(source, EMPTY_COUNTS)
         for key, now in counts.series.items():
             self._add_series(key, now, last.series.get(key))
-        for (version, reason), n in _new_counts(counts.errors, last.errors):
+        for (version, reason), n in new_counts(counts.errors, last.errors):
             self.upstream_errors.labels(version, reason).inc(n)
-        for (route, version), n in _new_counts(counts.mirrored, last.mirrored):
+        for (route, version), n in new_counts(counts.mirrored, last.mirrored):
             self.mirrored_requests.labels(route, version).inc(n)
         self._merged.last[source] = counts
 
