@@ -51,6 +51,22 @@ class Metrics(Protocol):
     def mirrored(self, route: str, version: str) -> None: ...
 
 
+class Goals(Protocol):
+    """A/B goal counting (proxy.canary.goals.GoalTracker)."""
+
+    def wants(self, route: str) -> bool: ...
+
+    def observe(
+        self,
+        route: str,
+        version: str,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        client_ip: str,
+    ) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -421,12 +437,7 @@ class ClientConnection(asyncio.Protocol):
         }
 
     def _decide_headers(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for lname, _, value in self.headers:
-            name = lname.decode("latin-1")
-            v = value.decode("latin-1")
-            out[name] = out[name] + ", " + v if name in out else v
-        return out
+        return header_dict(self.headers)
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -447,6 +458,16 @@ class ClientConnection(asyncio.Protocol):
             self._stop_reading()
 
 
+def header_dict(headers: list[hdr.Header]) -> dict[str, str]:
+    """Lower-case name -> value (repeated fields joined with ", "), as routing reads them."""
+    out: dict[str, str] = {}
+    for lname, _, value in headers:
+        name = lname.decode("latin-1")
+        v = value.decode("latin-1")
+        out[name] = out[name] + ", " + v if name in out else v
+    return out
+
+
 class ProxyServer:
     """The listening side of the data plane."""
 
@@ -463,6 +484,7 @@ class ProxyServer:
         self.metrics = metrics
         self.access_log = access_log
         self.limits = limits
+        self.goals: Goals | None = None  # set by App when canaries have A/B goals
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
@@ -493,6 +515,16 @@ class ProxyServer:
             self.metrics.observe(name, service, ex.subset, code, seconds)
         if self.access_log is not None:
             self.access_log.log(ex, name, code, seconds)
+        goals = self.goals
+        if goals is not None and ex.subset and goals.wants(name):
+            goals.observe(
+                name,
+                ex.subset,
+                ex.method.decode("latin-1"),
+                ex.target.decode("latin-1"),
+                header_dict(ex.headers),
+                ex.client_ip,
+            )
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; in-flight requests finish with `Connection: close`; idle ones close."""
