@@ -31,14 +31,7 @@ TRAP = "trap.invalid:1"  # replaced by the trap upstream's address at run time
 CASES = reliability_cases(TRAP) + guardian_cases()
 
 # Cases where the proxy is known to misbehave (reported); they pass again once it is fixed.
-KNOWN: dict[str, str] = {
-    "two spaces in request line": "proxy answers 200 to `GET  / HTTP/1.1` (RFC 9112 §3: 400)",
-    "Host with space": "proxy answers 200 to `Host: local host` (RELIABILITY row 15: 400)",
-    "more-compliant-tests#0: Has a CL in PUT OK": "proxy answers 400 to a Content-Length with "
-    "trailing OWS (`Content-Length: 22220  `), which RFC 9110 §5.5 strips",
-    "more-compliant-tests#1: Very many headers": "proxy answers 400 to a Content-Length with "
-    "trailing OWS (`Content-Length: 22220  `), which RFC 9110 §5.5 strips",
-}
+KNOWN: dict[str, str] = {}  # case name -> reason, marked xfail(strict=False)
 PARAMS = [
     pytest.param(c, marks=pytest.mark.xfail(strict=False, reason=KNOWN[c.name]))
     if c.name in KNOWN
