@@ -173,6 +173,55 @@ def _slow() -> list[Case]:
     return [Case("slow header (trickle)", parts, "reject", (408,), pause=0.3, timeout=6.0)]
 
 
+# Obfuscations of `Transfer-Encoding: chunked`, restated from the permutation table of
+# PortSwigger's http-request-smuggler (DesyncBox, Apache-2.0) and defparam/smuggler (MIT).
+# Each rides on a Content-Length that covers the probe: a proxy that honours one framing
+# while the upstream honours the other would let the unfinished `/smuggled` through.
+# name -> (obfuscated header lines, a framing-safe proxy must reject it)
+TE_PERMUTATIONS: dict[str, tuple[str, bool]] = {
+    "vanilla": ("Transfer-Encoding: chunked", True),
+    "nospace": ("Transfer-Encoding:chunked", True),
+    "tab before value": ("Transfer-Encoding:\tchunked", True),
+    "two spaces before value": ("Transfer-Encoding:  chunked", True),
+    "tab after value": ("Transfer-Encoding: chunked\t", True),
+    "upper case": ("TRANSFER-ENCODING: CHUNKED", True),
+    "mixed case": ("TrAnSFer-EnCODinG: cHuNkeD", True),
+    "lower-case name": ("Transfer-encoding: chunked", True),
+    "dual chunked lines": ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", True),
+    "identity then chunked lines": ("Transfer-Encoding: identity\r\nTransfer-Encoding: chunked", True),
+    "chunked, identity": ("Transfer-Encoding: chunked, identity", True),
+    "identity, chunked": ("Transfer-Encoding: identity, chunked", True),
+    "space before colon": ("Transfer-Encoding : chunked", True),
+    "space in name": ("Transfer Encoding: chunked", True),
+    "obs-fold value": ("Transfer-Encoding:\r\n chunked", True),
+    "obs-fold name": ("Foo: bar\r\n Transfer-Encoding: chunked", True),
+    "tab-fold name": ("Foo: bar\r\n\tTransfer-Encoding: chunked", True),
+    "LF-only before": ("Foo: bar\nTransfer-Encoding: chunked", True),
+    "CR-only before": ("Foo: bar\rTransfer-Encoding: chunked", True),
+    "CR suffix": ("Transfer-Encoding: chunked\r", True),
+    "CR in name": ("Tra\rnsfer-Encoding: chunked", True),
+    "vertical tab": ("Transfer-Encoding:\x0bchunked", True),
+    "nbsp": ("Transfer-Encoding:\xa0chunked", True),
+    "quoted": ('Transfer-Encoding: "chunked"', True),
+    "single-quoted": ("Transfer-Encoding: 'chunked'", True),
+    "truncated coding": ("Transfer-Encoding: chunk", True),
+    "chunked with parameter": ("Transfer-Encoding: chunked;ext=1", True),
+    "underscore name": ("Transfer_Encoding: chunked", False),
+    "Content-Encoding instead": ("Content-Encoding: chunked", False),
+    "X- prefixed": ("X-Transfer-Encoding: chunked", False),
+}  # fmt: skip
+
+
+def te_permutation_cases() -> list[Case]:
+    out = []
+    for name, (lines, reject) in TE_PERMUTATIONS.items():
+        head = f"POST /te-perm HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(PROBE_BODY)}"
+        payload = (head + "\r\n" + lines + "\r\n\r\n").encode("latin-1") + PROBE_BODY
+        kind: Kind = "reject" if reject else "safe"
+        out.append(Case(f"te-perm: {name}", payload, kind, (400, 501), source="smuggler"))
+    return out
+
+
 def reliability_cases(trap: str) -> list[Case]:
     """`trap` is the address of an upstream outside the config: it must never be reached."""
     return (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .cases import Case, guardian_cases, reliability_cases
+from .cases import Case, guardian_cases, reliability_cases, te_permutation_cases
 from .conftest import launch, require_proxy
 from .harness import (
     ProxyProcess,
@@ -28,7 +28,7 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 TRAP = "trap.invalid:1"  # replaced by the trap upstream's address at run time
-CASES = reliability_cases(TRAP) + guardian_cases()
+CASES = reliability_cases(TRAP) + te_permutation_cases() + guardian_cases()
 
 # Cases where the proxy is known to misbehave (reported); they pass again once it is fixed.
 KNOWN: dict[str, str] = {}  # case name -> reason, marked xfail(strict=False)
