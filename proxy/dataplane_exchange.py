@@ -462,10 +462,10 @@ class Exchange:
         per_try = route.retries.per_try_timeout or 0.0
         self.per_try = 0 < per_try < left
         delay = per_try if self.per_try else left
-        self.timer = self.loop.call_later(max(delay, 0.0), self._response_timeout)
+        self.client.watch_response(self, self.loop.time() + max(delay, 0.0))
 
-    def _response_timeout(self) -> None:
-        self.timer = None
+    def response_timeout(self) -> None:
+        """The response head did not come in time (called by the client connection)."""
         if self.done or self.resp_started:
             return
         self.pool.report(self.ep, False)
@@ -489,6 +489,9 @@ class Exchange:
         self._truncate()
 
     def _cancel_timer(self) -> None:
+        client = self.client
+        if client.resp_ex is self:
+            client.resp_ex = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -3,7 +3,8 @@
 A `ClientConnection` parses requests, enforces the request limits and framing rules
 (RELIABILITY.md rows 1-7, 15-21, 30) before anything is forwarded, and keeps the pipeline in
 order: each request becomes an `Exchange`; only the first one in the queue talks upstream, the
-others wait with client reads paused. Timers are plain `loop.call_later` handles.
+others wait with client reads paused. One lazy timer per connection watches the idle,
+request-head and response-head deadlines.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind: str | None = None  # None | "idle" | "head"
         self.deadline = 0.0
         self.period = min(self.limits.header_timeout, self.limits.keepalive_timeout)
+        self.resp_ex: Exchange | None = None  # waiting for its response head, see watch_response
+        self.resp_deadline = 0.0
         self.body_timer: asyncio.TimerHandle | None = None
         self.last_body = 0.0
         self.head_size = 0
@@ -111,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resp_ex = None
         self.server.connections.discard(self)
         for t in (self.timer, self.body_timer):
             if t is not None:
@@ -281,20 +285,48 @@ class ClientConnection(asyncio.Protocol):
         if self.timer is None and kind is not None:
             self.timer = self.loop.call_later(min(seconds, self.period), self._tick)
 
+    def watch_response(self, ex: Exchange, deadline: float) -> None:
+        """`ex` times out at `deadline` (loop time) unless `unwatch_response` comes first.
+
+        The connection's one lazy timer serves this too: a keep-alive connection whose
+        responses come in time creates no timer per request.
+        """
+        self.resp_ex = ex
+        self.resp_deadline = deadline
+        t = self.timer
+        if t is None or t.when() > deadline:
+            if t is not None:
+                t.cancel()
+            self.timer = self.loop.call_at(deadline, self._tick)
+
     def _tick(self) -> None:
         self.timer = None
-        kind = self.deadline_kind
-        if kind is None or self.closed:
+        if self.closed:
             return
         now = self.loop.time()
-        if now < self.deadline:
-            self.timer = self.loop.call_at(min(self.deadline, now + self.period), self._tick)
-            return
-        self.deadline_kind = None
-        if kind == "head":
-            self._header_timeout()
-        else:
-            self._idle_timeout()
+        ex = self.resp_ex
+        if ex is not None and now >= self.resp_deadline:
+            self.resp_ex = None
+            ex.response_timeout()
+        kind = self.deadline_kind
+        if kind is not None and now >= self.deadline and not self.closed:
+            self.deadline_kind = None
+            if kind == "head":
+                self._header_timeout()
+            else:
+                self._idle_timeout()
+        if self.timer is None and not self.closed:
+            self._rearm(now)
+
+    def _rearm(self, now: float) -> None:
+        wake = now + self.period
+        if self.deadline_kind is not None:
+            wake = min(wake, self.deadline)
+        elif self.resp_ex is None:
+            return  # nothing to watch: the next deadline set arms the timer again
+        if self.resp_ex is not None:
+            wake = min(wake, self.resp_deadline)
+        self.timer = self.loop.call_at(wake, self._tick)
 
     def _idle_timeout(self) -> None:
         if not self.queue and self.parsing is None and not self.in_head:
