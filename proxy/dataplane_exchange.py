@@ -69,6 +69,7 @@ class Exchange:
         "body_bytes",
         "req_done",
         "head",
+        "policy",
         "sent",
         "resp_started",
         "mode",
@@ -82,24 +83,28 @@ class Exchange:
         "error",
     )
 
-    def __init__(self, client: ClientConnection, req: dict) -> None:
+    def __init__(self, client: ClientConnection, req: tuple) -> None:
         self.client = client
         self.loop = client.loop
         self.t0 = self.loop.time()
         self.seq = client.requests  # position on its client connection
-        self.method: bytes = req["method"]
-        self.target: bytes = req["target"]
-        self.http10: bool = req["http10"]
-        self.keep_alive: bool = req["keep_alive"]
-        self.headers: list = req["headers"]
-        self.content_length: int | None = req["content_length"]
-        self.chunked: bool = req["chunked"]
-        self.request_id: bytes = req["request_id"]
-        self.client_ip: str = req["client_ip"]
-        self.connection: frozenset[bytes] = req["connection"]
-        self.xff: bytes = req["xff"]
-        self.proto: bytes | None = req["proto"]
-        self.has_host: bool = req["has_host"]
+        # req: see proxy.dataplane_request.REQUEST_FIELDS (a tuple: cheaper than a dict here)
+        (
+            self.method,
+            self.target,
+            self.http10,
+            self.keep_alive,
+            self.headers,
+            self.content_length,
+            self.chunked,
+            self.request_id,
+            self.client_ip,
+            self.connection,
+            self.xff,
+            self.proto,
+            self.has_host,
+            self.local,  # reason of a proxy-made answer (a framing error), else None
+        ) = req
         self.expect_continue = False
         # route, pool and ep are set by prepare()/_on_conn() before anything reads them.
         self.route: CompiledRoute = None  # type: ignore[assignment]
@@ -109,7 +114,6 @@ class Exchange:
         self.pool: UpstreamPool = None  # type: ignore[assignment]
         self.conn: UpstreamConnection | None = None
         self.ep: Endpoint = None  # type: ignore[assignment]
-        self.local: str | None = req["error"]  # reason of a proxy-made answer
         self.fault_status = 0
         self.attempts_left = 0
         self.stale_retried = False
@@ -117,6 +121,7 @@ class Exchange:
         self.body_bytes = 0
         self.req_done = not self.chunked and not self.content_length
         self.head = b""
+        self.policy: hdr.Policy | None = None  # header edits of (route, subset), once known
         self.sent = False  # bytes of this request reached the current upstream connection
         self.resp_started = False
         self.mode = NO_BODY
@@ -220,6 +225,12 @@ class Exchange:
         return lines + framing + b"\r\n"
 
     def _policy(self) -> hdr.Policy:
+        policy = self.policy
+        if policy is None:
+            policy = self.policy = self._find_policy()
+        return policy
+
+    def _find_policy(self) -> hdr.Policy:
         route = self.route
         dest = route.dest_headers.get(self.subset)
         # Keyed by the identity of the (small, immutable) HeaderPolicy values, not of the
@@ -258,14 +269,19 @@ class Exchange:
             conn.pause_reading()
 
     def _send_head(self, conn: UpstreamConnection) -> None:
-        host = b"" if self.has_host else b"Host: " + self.ep.address.encode() + b"\r\n"
-        first = self.method + b" " + self.target + b" HTTP/1.1\r\n" + host
-        parts = [first, self.head]
-        for chunk in self.body or ():
-            parts.extend(self._frame(chunk))
-        if self.req_done and self.chunked:
-            parts.append(b"0\r\n\r\n")
-        conn.transport.writelines(parts)
+        first = self.method + b" " + self.target + b" HTTP/1.1\r\n"
+        if not self.has_host:
+            first += b"Host: " + self.ep.address.encode() + b"\r\n"
+        body = self.body
+        if not body and not self.chunked:  # the common case: one buffer, one send
+            conn.transport.write(first + self.head)
+        else:
+            parts = [first, self.head]
+            for chunk in body or ():
+                parts.extend(self._frame(chunk))
+            if self.req_done and self.chunked:
+                parts.append(b"0\r\n\r\n")
+            conn.transport.write(b"".join(parts))
         self.sent = True
 
     def _frame(self, chunk: bytes) -> list[bytes]:

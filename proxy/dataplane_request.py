@@ -103,21 +103,40 @@ def framing_error(
     return None
 
 
-def bare_request(peer: str) -> dict[str, Any]:
+# The fields of a parsed request, in the order of the tuple the client side builds.
+REQUEST_FIELDS = (
+    "method",  # bytes
+    "target",  # bytes, origin-form
+    "http10",  # bool
+    "keep_alive",  # bool
+    "headers",  # list of (lower name, name, value)
+    "content_length",  # int | None
+    "chunked",  # bool
+    "request_id",  # bytes
+    "client_ip",  # str
+    "connection",  # frozenset of nominated names
+    "xff",  # bytes: the X-Forwarded-For to send
+    "proto",  # bytes | None: X-Forwarded-Proto to set, None keeps the incoming one
+    "has_host",  # bool
+    "error",  # str | None: a framing error answered by the proxy
+)
+
+
+def bare_request(peer: str) -> tuple[Any, ...]:
     """Request fields for an answer to bytes that never formed a request."""
-    return {
-        "method": b"GET",
-        "target": b"",
-        "http10": False,
-        "keep_alive": False,
-        "headers": [],
-        "content_length": None,
-        "chunked": False,
-        "request_id": new_request_id(),
-        "client_ip": peer,
-        "connection": frozenset(),
-        "xff": b"",
-        "proto": b"http",
-        "has_host": False,
-        "error": None,
-    }
+    return (
+        b"GET",
+        b"",
+        False,
+        False,
+        [],
+        None,
+        False,
+        new_request_id(),
+        peer,
+        frozenset(),
+        b"",
+        b"http",
+        False,
+        None,
+    )

@@ -441,32 +441,34 @@ class ClientConnection(asyncio.Protocol):
             self._stop_reading()
             raise Stop
 
-    def _request(self) -> dict[str, Any]:
+    def _request(self) -> tuple[Any, ...]:
+        """The parsed request, as `proxy.dataplane_request.REQUEST_FIELDS`."""
         p = self.parser
         method = p.get_method()
         http10 = p.get_http_version() == "1.0"
-        error = framing_error(method, http10, self.hosts, self.cl, self.te, self.url)
-        if self.rid is not None and hdr.valid_request_id(self.rid):
-            rid = self.rid
-        else:
+        cl = self.cl
+        error = framing_error(method, http10, self.hosts, cl, self.te, self.url)
+        rid = self.rid
+        if rid is None or not hdr.valid_request_id(rid):
             rid = new_request_id()
         trusted = self.limits.trusted_hops
-        return {
-            "method": method,
-            "target": origin_form(self.url),
-            "http10": http10,
-            "keep_alive": p.should_keep_alive(),
-            "headers": self.headers,
-            "content_length": int(self.cl[0]) if self.cl and error is None else None,
-            "chunked": bool(self.te) and error is None,
-            "request_id": rid,
-            "client_ip": hdr.client_address(self.peer, self.xff, trusted) if trusted else self.peer,
-            "connection": hdr.nominated(self.conn_values) if self.conn_values else NONE,
-            "xff": hdr.forwarded_for(self.xff, self.peer),
-            "proto": self.xfp if trusted > 0 and self.xfp else b"http",
-            "has_host": self.hosts == 1,
-            "error": error,
-        }
+        peer = self.peer
+        return (
+            method,
+            origin_form(self.url),
+            http10,
+            p.should_keep_alive(),
+            self.headers,
+            int(cl[0]) if cl and error is None else None,
+            bool(self.te) and error is None,
+            rid,
+            hdr.client_address(peer, self.xff, trusted) if trusted else peer,
+            hdr.nominated(self.conn_values) if self.conn_values else NONE,
+            hdr.forwarded_for(self.xff, peer),
+            self.xfp if trusted > 0 and self.xfp else b"http",
+            self.hosts == 1,
+            error,
+        )
 
     def _decide_headers(self) -> dict[str, str]:
         return header_dict(self.headers)

@@ -92,8 +92,7 @@ class UpstreamPool:
         return self._loop_
 
     # --- choosing an endpoint -------------------------------------------------------------
-    def _pick(self, exclude: Endpoint | None) -> Endpoint | None:
-        now = self._loop.time()
+    def _pick(self, exclude: Endpoint | None, now: float) -> Endpoint | None:
         eps = self.endpoints
         n = len(eps)
         fallback = None
@@ -120,15 +119,18 @@ class UpstreamPool:
         if self.in_flight >= self.upstream.max_requests:
             cb(None, None, OVERLOADED)
             return
-        ep = self._pick(exclude)
+        now = self._loop.time()
+        ep = self._pick(exclude, now)
         if ep is None:
             cb(None, None, NO_HEALTHY)
             return
         self.in_flight += 1
-        self._give(ep, cb, fresh)
+        self._give(ep, cb, fresh, now)
 
-    def _give(self, ep: Endpoint, cb: AcquireCallback, fresh: bool = False) -> None:
-        now = self._loop.time()
+    def _give(
+        self, ep: Endpoint, cb: AcquireCallback, fresh: bool = False, now: float = 0.0
+    ) -> None:
+        now = now or self._loop.time()
         while ep.idle and not fresh:
             conn = ep.idle.pop()
             if conn.usable(now, self.upstream.idle_timeout):
