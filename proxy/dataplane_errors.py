@@ -29,6 +29,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "headers_too_large": (431, "request header fields too large", None),
     "request_timeout": (408, "the request was not received in time", None),
     "expectation_failed": (417, "unsupported expectation", None),
+    "loop_detected": (508, "the request already passed through this proxy", None),
     "fault_abort": (0, "fault injected by the route", None),
 }
 # Errors after which the client connection is closed: the stream cannot be trusted.

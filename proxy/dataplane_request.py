@@ -10,6 +10,8 @@ import re
 from random import getrandbits
 from typing import Any
 
+from proxy.headers import VIA
+
 MAX_LINE = 8192  # request line -> 414
 MAX_FIELD = 8192  # one header field -> 431
 MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
@@ -80,12 +82,30 @@ SPECIAL = frozenset(
         b"x-forwarded-for",
         b"x-request-id",
         b"x-forwarded-proto",
+        b"via",
     }
 )
 
 
+def our_via(value: bytes) -> bool:
+    """True when a Via field value lists our own `1.1 canaryproxy` hop (a forwarding loop)."""
+    if b"canaryproxy" not in value.lower():
+        return False
+    for hop in value.lower().split(b","):
+        hop = hop.strip().split(b" (")[0]  # a trailing comment is not part of the hop
+        if hop.removeprefix(b"http/") == VIA:
+            return True
+    return False
+
+
 def framing_error(
-    method: bytes, http10: bool, hosts: int, cl: list[bytes], te: list[bytes], url: bytes
+    method: bytes,
+    http10: bool,
+    hosts: int,
+    cl: list[bytes],
+    te: list[bytes],
+    url: bytes,
+    looped: bool = False,
 ) -> str | None:
     """The framing rules llhttp leaves to us (RELIABILITY.md rows 15-18, 20): a reason or None."""
     if method == b"CONNECT":
@@ -100,6 +120,8 @@ def framing_error(
         return "bad_request"
     if not url.startswith(b"/") and not url.startswith(b"http") and url != b"*":
         return "bad_request"
+    if looped:
+        return "loop_detected"  # RFC 9110 §7.6.3: our own pseudonym already in Via
     return None
 
 

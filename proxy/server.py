@@ -37,6 +37,7 @@ from proxy.dataplane_request import (
     framing_error,
     new_request_id,
     origin_form,
+    our_via,
 )
 from proxy.upstream import Pools
 
@@ -375,6 +376,7 @@ class ClientConnection(asyncio.Protocol):
         self.xff: bytes | None = None
         self.rid: bytes | None = None
         self.xfp: bytes | None = None
+        self.looped = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -417,6 +419,8 @@ class ClientConnection(asyncio.Protocol):
             self.rid = value
         elif lname == b"x-forwarded-proto":
             self.xfp = value
+        elif lname == b"via":
+            self.looped = self.looped or our_via(value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -447,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
         method = p.get_method()
         http10 = p.get_http_version() == "1.0"
         cl = self.cl
-        error = framing_error(method, http10, self.hosts, cl, self.te, self.url)
+        error = framing_error(method, http10, self.hosts, cl, self.te, self.url, self.looped)
         rid = self.rid
         if rid is None or not hdr.valid_request_id(rid):
             rid = new_request_id()

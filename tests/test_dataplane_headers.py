@@ -8,12 +8,14 @@ from util_servers import (
     config_from_yaml,
     json_body,
     raw_exchange,
+    simple_config,
     start_proxy,
     start_upstream,
 )
 
 from proxy import headers as hdr
 from proxy.config.schema import HeaderOps, HeaderPolicy
+from proxy.dataplane_request import our_via
 
 
 @pytest.mark.parametrize(
@@ -181,6 +183,39 @@ routes:
         out = await raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         head = out.split(b"\r\n\r\n", 1)[0]
         assert b"Set-Cookie: version=v1" in head
+    finally:
+        await p.close()
+        await up.close()
+
+
+@pytest.mark.parametrize(
+    "value,looped",
+    [
+        (b"1.1 canaryproxy", True),
+        (b"1.0 edge, 1.1 CanaryProxy (v2)", True),
+        (b"HTTP/1.1 canaryproxy", True),
+        (b"1.1 edge", False),
+        (b"1.1 canaryproxy-edge", False),
+        (b"1.1 other (canaryproxy)", False),
+    ],
+)
+def test_our_via_finds_our_own_hop(value: bytes, looped: bool) -> None:
+    assert our_via(value) is looped
+
+
+async def test_a_request_that_already_passed_through_us_is_a_loop() -> None:
+    up = await start_upstream()
+    p = await start_proxy(simple_config({"v1": [up.address]}))
+    try:
+        out = await raw_exchange(
+            p.port,
+            b"GET /a HTTP/1.1\r\nHost: a\r\nVia: 1.0 edge\r\nVia: 1.1 canaryproxy\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: a\r\nVia: 1.1 edge\r\nConnection: close\r\n\r\n",
+        )
+        first, second = out.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"508 ") and b"x-canaryproxy-error: loop_detected" in first
+        assert second.startswith(b"200 ")  # the connection stays usable
+        assert [r["path"] for r in up.requests] == ["/b"]  # the looped one was never forwarded
     finally:
         await p.close()
         await up.close()
