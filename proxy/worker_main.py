@@ -4,8 +4,9 @@ The supervisor starts it with one end of a socketpair as FD. The worker listens 
 shared port with SO_REUSEPORT (the kernel spreads new connections over the workers),
 routes with the State it is sent, keeps passive health (ejection) to itself, and
 reports its counters back. SIGTERM drains (a second one stops at once); when the
-supervisor goes away the worker drains and exits too. SIGINT is ignored: a terminal's
-Ctrl-C reaches the whole process group, and the supervisor forwards it as SIGTERM.
+supervisor goes away the worker drains and exits too. SIGINT and SIGHUP are ignored: a
+terminal's Ctrl-C or hangup reaches the whole process group, and the supervisor acts on
+them (forwarding SIGTERM, or reloading and sending the new State).
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hangup of the group is the supervisor's
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
