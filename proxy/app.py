@@ -150,7 +150,7 @@ class App(AdminControl, CanaryHostControl):
 
         host, port = check_free(config.listen)
         self.workers = WorkerSet(
-            self.worker_count, self._worker_state, self.metrics, self.log_level
+            self.worker_count, self._worker_state, self.metrics, self.log_level, self._on_goals
         )
         try:
             await self.workers.start(host, port)
@@ -166,6 +166,12 @@ class App(AdminControl, CanaryHostControl):
             for e in u["endpoints"]
         )
         return self.config, Overrides(self.routing.weights, self.routing.canary_match), health
+
+    def _on_goals(self, events: tuple[tuple[str, str, str, str, str], ...]) -> None:
+        """A/B goal events forwarded by the workers (proxy.worker_goals)."""
+        if self.canaries is not None:
+            for event in events:
+                self.canaries.goals.record(*event)
 
     def _publish(self) -> None:
         """Routing, config or health changed: workers rebuild their table from it."""

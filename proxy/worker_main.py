@@ -28,6 +28,7 @@ from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import RoutingTable, build_table
 from proxy.upstream import Pools
+from proxy.worker_goals import GoalRelay
 from proxy.worker_wire import REPORT_EVERY, Ready, Report, State, frame, read_frame
 
 log = logging.getLogger("canaryproxy.worker")
@@ -44,6 +45,7 @@ class Worker:
         self.pools: Pools | None = None
         self.server: Any = None
         self.access_log: Any = None
+        self.goals = GoalRelay()
 
     async def apply(self, state: State) -> None:
         """Build the table aside, then swap; requests in flight keep the one they started on.
@@ -64,6 +66,7 @@ class Worker:
             else:
                 self.pools.update(config)
             self.config = config
+            self.goals.configure(config)
         assert self.pools is not None
         for subset, address, healthy in state.health:
             self.pools.set_health(subset, address, healthy)
@@ -82,6 +85,8 @@ class Worker:
         )
         # bound here, not by create_server, so that "[::]" is dual-stack as in one process
         sock = bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", reuse_port=True)
+        if hasattr(self.server, "goals"):
+            self.server.goals = self.goals
         await self.server.start(host, port, sock=sock)
         return int(self.server.port)
 
@@ -92,7 +97,8 @@ class Worker:
             for e in u["endpoints"]
             if e["ejected"]
         )
-        report = Report(os.getpid(), self.metrics.export_counts(), final, ejected)
+        counts = self.metrics.export_counts()
+        report = Report(os.getpid(), counts, final, ejected, self.goals.take())
         self.writer.write(frame(report))
 
     async def report_loop(self, stop: asyncio.Event) -> None:

@@ -52,6 +52,7 @@ class Report:
     counts: Counts
     final: bool = False
     ejected: tuple[tuple[str, str], ...] = ()  # (subset, address) passive health has ejected
+    goals: tuple[tuple[str, str, str, str, str], ...] = ()  # worker_goals.GoalEvent
 
 
 def frame(msg: Any) -> bytes:

@@ -22,6 +22,7 @@ import proxy
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
+from proxy.worker_goals import GoalEvent
 from proxy.worker_wire import Ready, Report, State, frame, read_frame
 
 log = logging.getLogger("canaryproxy")
@@ -55,12 +56,19 @@ class WorkerSet:
     """N data-plane processes on one (host, port)."""
 
     def __init__(
-        self, count: int, state: StateSource, metrics: ProxyMetrics, log_level: str = "info"
+        self,
+        count: int,
+        state: StateSource,
+        metrics: ProxyMetrics,
+        log_level: str = "info",
+        on_goals: Callable[[tuple[GoalEvent, ...]], None] | None = None,
     ) -> None:
+        """`on_goals` takes the A/B goal events the workers forward (see worker_goals)."""
         self.slots = [_Slot(i) for i in range(count)]
         self.state = state
         self.metrics = metrics
         self.log_level = log_level
+        self.on_goals = on_goals
         self.host, self.port = "", 0
         self.stopping = False
         self._stop = asyncio.Event()
@@ -164,6 +172,8 @@ class WorkerSet:
                 self.metrics.merge(msg.pid, msg.counts)
                 slot.requests = sum(s for c in msg.counts.series.values() for s in c.codes.values())
                 slot.ejected = frozenset(msg.ejected)
+                if msg.goals and self.on_goals is not None:
+                    self.on_goals(msg.goals)
             elif isinstance(msg, Ready):
                 slot.ready.set()
                 slot.listening = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -51,3 +52,36 @@ async def test_failing_canary_rolls_back_on_the_workers_counts(rig: WorkerRig) -
     assert c["phase"] == "Failed" and c["weight"] == 0.0
     assert rig.weights() == {"v1": 100.0, "v2": 0.0}
     assert any(ch["metric"] == "error-rate" and ch["verdict"] == "fail" for ch in c["last_checks"])
+
+
+async def test_ab_goal_users_are_counted_once_across_workers(rig: WorkerRig) -> None:
+    from test_dataplane_goals import ANALYSIS, GOALS
+
+    await rig.start(ANALYSIS, extra=GOALS)
+    await rig.action("start")
+    await rig.wait_for(lambda c: c["phase"] == "Progressing")
+    assert rig.app is not None
+    url = f"http://127.0.0.1:{rig.app.proxy_port}"
+
+    async def send(method: str, path: str, user: str) -> None:
+        beta = {"x-beta": "1"} if int(user[1:]) < 6 else {}
+        conn = aiohttp.TCPConnector(force_close=True)  # new connections: both workers serve
+        async with aiohttp.ClientSession(connector=conn) as s:
+            async with s.request(method, url + path, headers={"user-id": user, **beta}) as r:
+                assert r.status == 200
+
+    for i in range(12):  # u0-u5 see v2, u6-u11 v1; each user twice, maybe on both workers
+        await send("GET", "/", f"u{i}")
+        await send("GET", "/?again=1", f"u{i}")
+    for user in ("u0", "u1", "u2", "u6"):
+        await send("POST", "/checkout", user)
+        await send("POST", "/checkout", user)
+    want = {"v2": {"users": 6, "converted": 3}, "v1": {"users": 6, "converted": 1}}
+    got: dict = {}
+    for _ in range(50):  # the workers report every 250 ms
+        (res,) = rig.canary().get("ab") or [{"versions": {}}]
+        got = {v: {k: r[k] for k in ("users", "converted")} for v, r in res["versions"].items()}
+        if got == want:
+            break
+        await asyncio.sleep(0.1)
+    assert got == want
