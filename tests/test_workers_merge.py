@@ -103,3 +103,41 @@ routes:
     got = await read_frame(reader)
     assert got.pid == 42 and got.final and got.counts.series[("web", "v1")].codes == {200: 1}
     assert await read_frame(reader) is None
+
+
+def test_goal_relay_forwards_each_user_once_per_report_and_only_for_goal_routes() -> None:
+    from proxy.worker_goals import GoalRelay
+
+    text = """\
+listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+upstreams:
+  v1: {endpoints: ["127.0.0.1:1"]}
+  v2: {endpoints: ["127.0.0.1:2"]}
+routes:
+  - name: web
+    route: [{destination: v1, weight: 100}, {destination: v2, weight: 0}]
+  - name: api
+    route: [{destination: v1, weight: 100}]
+canaries:
+  - name: shop
+    route: web
+    stable: v1
+    canary: v2
+    mode: ab
+    goals: [{name: checkout, path: /checkout, method: POST}]
+    analysis:
+      interval: 1s
+      match: [{headers: {x-beta: {exact: "1"}}}]
+      metrics: [{name: error-rate, max: 1}]
+"""
+    config, errors = load_text(text, "c.yaml")
+    assert not errors and config is not None
+    relay = GoalRelay()
+    relay.configure(config)
+    assert relay.wants("web") and not relay.wants("api")
+    for _ in range(3):
+        relay.observe("web", "v2", "POST", "/checkout?x=1", {"user-id": "u1"}, "10.0.0.1")
+    relay.observe("web", "v2", "GET", "/", {}, "10.0.0.1")  # no user key: nothing to count
+    assert relay.take() == (("web", "v2", "POST", "/checkout", "u1"),)
+    assert relay.take() == ()
