@@ -42,6 +42,7 @@ from proxy.dataplane_request import (
 from proxy.upstream import Pools
 
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
+LINGER = 5.0  # seconds an error-closed connection drains the client's unread bytes
 
 
 class Metrics(Protocol):
@@ -197,9 +198,9 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.uncork()  # what was received before the failure still reaches the client
         self.closing = True
-        if not self.closed:
-            self.closed = True
-            self.transport.abort()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()  # also ends a lingering close
 
     def block_read(self, bit: int) -> None:
         if not self.blocks and not self.closed:
@@ -216,6 +217,22 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         if not self.closed:
             self.transport.pause_reading()
+
+    def _linger(self) -> None:
+        """Lingering close after an error answer (as nginx's lingering_close): send FIN, then
+        read and drop what the client still sends for up to LINGER seconds. Closing with
+        unread bytes would make the kernel send a reset, and the client could lose the
+        answer before reading it."""
+        t = self.transport
+        if not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()
+        self.blocks = 0
+        t.resume_reading()
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+        self.body_timer = self.loop.call_later(LINGER, t.close)
 
     def must_close(self, ex: Exchange) -> bool:
         return (
@@ -239,7 +256,10 @@ class ClientConnection(asyncio.Protocol):
         if ex.close_after:
             self.closed = True
             self.closing = True
-            self.transport.close()
+            if not ex.req_done or ex.error in CLOSING:
+                self._linger()
+            else:
+                self.transport.close()
             return
         if self.queue:
             self.unblock_read(BLOCK_PIPE)
