@@ -191,7 +191,8 @@ class Exchange:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.head = self._build_head()
         self._attempt(fresh=False)
-        self._start_mirror()
+        if self.mirror is not None:
+            self._start_mirror()
 
     def _start_mirror(self) -> None:
         """Send a copy to the mirror Subset once the whole (small) request is known."""
@@ -348,7 +349,8 @@ class Exchange:
         self.req_done = True
         if self.conn is not None and self.chunked and not self.done:
             self.conn.transport.write(b"0\r\n\r\n")
-        self._start_mirror()
+        if self.mirror is not None:
+            self._start_mirror()
 
     def client_error(self, reason: str) -> None:
         """The request stream broke (bad chunk, too large, too slow)."""
@@ -377,7 +379,8 @@ class Exchange:
         if cond is not None and self._can_retry(cond, sent=True):
             self._retry(fresh=False)
             return False
-        self.pool.report(self.ep, True)
+        if self.ep.failures:
+            self.pool.report(self.ep, True)
         self._cancel_timer()  # the body idle timer is armed after the read, if still needed
         self.status = status
         self.resp_started = True

@@ -252,7 +252,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.uncork()
-        self.unblock_read(BLOCK_UP | BLOCK_CONN)  # blocks set on behalf of `ex` end with it
+        if self.blocks:
+            self.unblock_read(BLOCK_UP | BLOCK_CONN)  # blocks set on behalf of `ex` end with it
         if ex.close_after:
             self.closed = True
             self.closing = True
@@ -261,11 +262,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.transport.close()
             return
-        if self.queue:
+        if self.blocks:
             self.unblock_read(BLOCK_PIPE)
+        if self.queue:
             self.queue[0].start()
             return
-        self.unblock_read(BLOCK_PIPE)
         if self.closing:
             self.closed = True
             self.transport.close()
