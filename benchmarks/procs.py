@@ -49,7 +49,11 @@ def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
 
 
 def start(
-    cmd: Sequence[str], cpu: int | None, log: Path, env: dict[str, str] | None = None
+    cmd: Sequence[str],
+    cpu: int | None,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `cmd` pinned to `cpu`, output to `log`, in its own session (Ctrl-C stays with us)."""
     with open(log, "ab") as out:
@@ -59,6 +63,7 @@ def start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
     _started[proc.pid] = proc

@@ -67,9 +67,15 @@ def start_haproxy(d: Path, up: tuple[int, int], s: Scenario) -> Running:
     return Running(proc, port)
 
 
+def ours_src() -> Path:
+    """Source tree of our proxy: this checkout, or $BENCH_OURS_SRC (e.g. an exported older
+    commit, `git archive REV proxy | tar -x -C DIR`) to compare two versions."""
+    return Path(os.environ.get("BENCH_OURS_SRC") or REPO)
+
+
 def ours_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(ours_src()) + os.pathsep + env.get("PYTHONPATH", "")
     env["CANARYPROXY_TOKEN"] = TOKEN
     return env
 
@@ -77,7 +83,7 @@ def ours_env() -> dict[str, str]:
 def start_ours_config(d: Path, conf: Path, port: int, admin: int) -> Running:
     """`python -m proxy serve -c conf` on CPU 0, waiting for both its ports."""
     cmd = [sys.executable, "-m", "proxy", "serve", "-c", str(conf), "--state-dir", str(d / "state")]
-    proc = procs.start(cmd, PROXY_CPU, d / "ours.out", env=ours_env())
+    proc = procs.start(cmd, PROXY_CPU, d / "ours.out", env=ours_env(), cwd=ours_src())
     procs.wait_port(port, proc, timeout=30)
     procs.wait_port(admin, proc, timeout=30)
     return Running(proc, port, admin)
@@ -97,6 +103,6 @@ def available() -> dict[str, tuple[Starter | None, str]]:
     out["haproxy"] = (
         (start_haproxy, "") if procs.have("haproxy") else (None, "haproxy not installed")
     )
-    has_ours = (REPO / "proxy" / "server.py").exists()
+    has_ours = (ours_src() / "proxy" / "server.py").exists()
     out["ours"] = (start_ours, "") if has_ours else (None, "proxy/server.py not present yet")
     return out
