@@ -1,9 +1,19 @@
-"""Listen addresses: parse, check, bind. Startup problems become a StartupError."""
+"""Helpers shared by the App and the workers: listen addresses (parse, check, bind;
+startup problems become a StartupError) and stepwise routing-table builds.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import time
+
+from proxy.config.schema import Config
+from proxy.routing.table import BuildCache, Overrides, RoutingTable, iter_build_table
+
+# A build yields the loop after this much work: requests wait at most about this long.
+BUILD_SLICE = 0.002
 
 
 class StartupError(Exception):
@@ -58,3 +68,25 @@ def check_free(listen: str) -> tuple[str, int]:
     port = sock.getsockname()[1]
     sock.close()
     return host, port
+
+
+async def build_table_stepwise(
+    config: Config, overrides: Overrides, cache: BuildCache, slice_s: float = BUILD_SLICE
+) -> RoutingTable:
+    """`build_table` that hands the loop back every `slice_s` seconds of work.
+
+    A cold 1,000-route build takes a few hundred ms; run inline it would stall every
+    request for that long, and in a thread the GIL (regex compiles hold it) still does.
+    Raises ValueError like build_table. The caller swaps the result in.
+    """
+    steps = iter_build_table(config, overrides, cache)
+    clock = time.perf_counter
+    deadline = clock() + slice_s
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        if clock() >= deadline:
+            await asyncio.sleep(0)
+            deadline = clock() + slice_s

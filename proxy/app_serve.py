@@ -64,7 +64,11 @@ async def _serve(
 
 
 def _reload_on_hup(app: App) -> None:
-    result = app.reload()
+    app._spawn(_hup_reload(app), "SIGHUP reload")
+
+
+async def _hup_reload(app: App) -> None:
+    result = await app.reload_async()
     log.info("SIGHUP: reload %s", result["result"])
 
 

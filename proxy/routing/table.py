@@ -16,7 +16,7 @@ Everything per route is precomputed at build time; `decide` only reads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from proxy.config.schema import (
     Config,
     Fault,
     HeaderPolicy,
+    Identity,
     MatchRule,
     Retries,
     Route,
@@ -33,6 +34,7 @@ from proxy.routing.split import (
     Weighted,
     bucket_of,
     build_weighted,
+    check_weight,
     idle_subset,
     mirror_hit,
     pick_hash,
@@ -130,13 +132,16 @@ def _split_key(route: Route) -> str:
     return route.split.name.lower() if route.split.by == "header" else route.split.name
 
 
-def compile_route(route: Route, config: Config, overrides: Overrides) -> CompiledRoute:
+def compile_route(
+    route: Route, config: Config, overrides: Overrides, cache: BuildCache | None = None
+) -> CompiledRoute:
     """Compile one route under the given overrides (regexes, weights, cookies)."""
     subsets = tuple(d.subset for d in route.destinations)
-    wt = build_weighted(subsets, _effective_weights(route, overrides))
+    weights = _effective_weights(route, overrides)
+    wt = cache.weighted(subsets, weights) if cache else build_weighted(subsets, weights)
     sticky = route.sticky
     canary = overrides.canary_match.get(route.name)
-    rules = compile_rules(route.match, config.identity)
+    rules = cache.rules(route.match) if cache else compile_rules(route.match, config.identity)
     canary_rules = compile_rules(canary[1], config.identity) if canary else ()
     return CompiledRoute(
         name=route.name,
@@ -263,11 +268,116 @@ class RoutingTable:
         return explain_request(self, method, target, headers, cookies or {}, client_ip)
 
 
-def build_table(config: Config, overrides: Overrides | None = None) -> RoutingTable:
+_RouteKey = tuple[str, tuple[float, ...], Any]
+
+
+class BuildCache:
+    """Compiled pieces of earlier builds, reused when the same config value comes back.
+
+    A weight change recompiles no regex (matchers are cached apart from weights), and a
+    reload recompiles only the routes whose config changed. Entries are keyed by value
+    (frozen config dataclasses), looked up first by route name so that an unchanged config
+    object costs an identity check, not a hash of the whole route. Bounded: once it holds
+    more than twice what one table needs, a finished build drops everything it did not use.
+    Not thread-safe, and one build at a time: a build that spans awaits uses a `fork()`.
+    """
+
+    def __init__(self) -> None:
+        self.identity: Identity | None = None
+        self._routes: dict[_RouteKey, tuple[Route, CompiledRoute]] = {}
+        self._rules: dict[tuple[MatchRule, ...], tuple[CompiledRule, ...]] = {}
+        self._weighted: dict[tuple[tuple[str, ...], tuple[float, ...]], Weighted] = {}
+        self._used: tuple[set, set, set] = (set(), set(), set())
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def fork(self) -> BuildCache:
+        """A copy to build into while this one keeps serving other builds (cheap: dicts)."""
+        new = BuildCache()
+        new.identity = self.identity
+        new._routes, new._rules = dict(self._routes), dict(self._rules)
+        new._weighted = dict(self._weighted)
+        return new
+
+    def start(self, identity: Identity) -> None:
+        """Begin a build; identity settings feed every matcher, so a change clears all."""
+        if identity != self.identity:
+            self._routes.clear()
+            self._rules.clear()
+            self.identity = identity
+        self._used = (set(), set(), set())
+
+    def rules(self, match: tuple[MatchRule, ...]) -> tuple[CompiledRule, ...]:
+        got = self._rules.get(match)
+        if got is None:
+            assert self.identity is not None
+            got = self._rules[match] = compile_rules(match, self.identity)
+        self._used[1].add(match)
+        return got
+
+    def weighted(self, subsets: tuple[str, ...], weights: tuple[float, ...]) -> Weighted:
+        key = (subsets, tuple(check_weight(w) for w in weights))  # bad input: ValueError
+        got = self._weighted.get(key)
+        if got is None:
+            got = self._weighted[key] = build_weighted(subsets, weights)
+        self._used[2].add(key)
+        return got
+
+    def route(self, route: Route, config: Config, overrides: Overrides) -> CompiledRoute:
+        """The compiled route, from the cache when route, weights and canary match are equal."""
+        key = (
+            route.name,
+            _effective_weights(route, overrides),
+            overrides.canary_match.get(route.name),
+        )
+        hit = self._routes.get(key)
+        if hit is None or not (hit[0] is route or hit[0] == route):
+            hit = self._routes[key] = (route, compile_route(route, config, overrides, self))
+        self._used[0].add(key)
+        return hit[1]
+
+    def finish(self, n_routes: int) -> None:
+        """End a build: if the cache outgrew twice the table, keep only what it used."""
+        if len(self._routes) <= 2 * n_routes + 64:
+            return
+        routes, rules, weighted = self._used
+        self._routes = {k: v for k, v in self._routes.items() if k in routes}
+        self._rules = {k: v for k, v in self._rules.items() if k in rules}
+        self._weighted = {k: v for k, v in self._weighted.items() if k in weighted}
+
+
+def iter_build_table(
+    config: Config, overrides: Overrides | None = None, cache: BuildCache | None = None
+) -> Generator[None, None, RoutingTable]:
+    """`build_table` in steps: yields after each route, returns the table (StopIteration).
+
+    The caller decides when to run the next step, so an event loop can serve requests
+    between routes while a large config compiles. Nothing is swapped here.
+    """
+    ov = overrides or Overrides()
+    c = cache if cache is not None else BuildCache()
+    c.start(config.identity)
+    routes = []
+    for r in config.routes:
+        routes.append(c.route(r, config, ov))
+        yield
+    c.finish(len(routes))
+    return RoutingTable(config, ov, tuple(routes))
+
+
+def build_table(
+    config: Config, overrides: Overrides | None = None, cache: BuildCache | None = None
+) -> RoutingTable:
     """Compile every route. Raises ValueError on a bad weight or regex; changes nothing.
 
     Override entries naming routes or subsets no longer in the config are ignored, so a
-    state file that outlived a reload cannot stop the proxy from serving.
+    state file that outlived a reload cannot stop the proxy from serving. With a `cache`,
+    routes compiled by an earlier build with equal inputs are reused.
     """
-    ov = overrides or Overrides()
-    return RoutingTable(config, ov, tuple(compile_route(r, config, ov) for r in config.routes))
+    steps = iter_build_table(config, overrides, cache)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
