@@ -29,13 +29,14 @@ from proxy.app_net import (
     build_table_stepwise,
     check_free,
     is_loopback,
+    settle_heap,
     split_listen,
 )
 from proxy.config.load import load_text
 from proxy.config.schema import Config
 from proxy.health import HealthChecker
 from proxy.metrics import ProxyMetrics
-from proxy.routing.table import BuildCache, Overrides, RoutingTable, build_table
+from proxy.routing.table import BuildCache, Overrides, RoutingTable, build_table, retire
 from proxy.state import RoutingState, StateStore, match_from_json, reconcile
 from proxy.upstream import Pools
 
@@ -105,6 +106,7 @@ class App(AdminControl, CanaryHostControl):
         await self._start_admin(config)
         self._start_watch()
         self._spawn(self._tick_loop(), "metrics tick")
+        settle_heap()
         if CanaryManager is not None:
             self.canaries = CanaryManager(self)
             await self.canaries.sync(config)
@@ -260,6 +262,7 @@ class App(AdminControl, CanaryHostControl):
     def _commit_config(self, config: Config, text_hash: str) -> None:
         routing = reconcile(self._loaded_routing(), config)
         table = build_table(config, Overrides(routing.weights, routing.canary_match), self._cache)
+        retire(self.table, table)
         self.config, self.routing, self.table, self._hash = config, routing, table, text_hash
         self.pools.update(config)
         self.health.update(config, self._initially_healthy)
@@ -289,18 +292,30 @@ class App(AdminControl, CanaryHostControl):
             table = build_table(self.config, overrides, self._cache)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-        same = (table.weights(), routing.canary_match) == (
-            self.table.weights(),
-            self.routing.canary_match,
-        )
+        old = self.table.weights()
+        same = (table.weights(), routing.canary_match) == (old, self.routing.canary_match)
+        retire(self.table, table)
         self.routing, self.table = routing, table
         self._publish()
         if quiet_if_same and same:
             self.store.save_routing(routing)
             return self.store.get(self.store.head()) or {}
-        self.metrics.set_route_weights(table.weights())
+        self._set_weight_gauges(old, table.weights())
         self.store.save_routing(routing)
         return self._record(cause)
+
+    def _set_weight_gauges(
+        self, old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]
+    ) -> None:
+        """Update the route weight gauges. Same routes and subsets: set only what changed
+        (replacing 1,000 routes' gauges costs ~15 ms of loop time)."""
+        if old.keys() != new.keys() or any(old[r].keys() != new[r].keys() for r in new):
+            self.metrics.set_route_weights(new)
+            return
+        for route, by_subset in new.items():
+            if by_subset != old[route]:
+                for subset, w in by_subset.items():
+                    self.metrics.route_weight.labels(route, subset).set(w)
 
     def _record(self, cause: str) -> dict:
         assert self.table is not None

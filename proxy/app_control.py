@@ -138,6 +138,8 @@ class AdminControl:
             ],
             "canaries": self.canaries.status() if self.canaries is not None else [],
             **({"workers": self.workers.status()} if self.workers is not None else {}),
+            # asyncio tasks of this process (a leak shows as a count that keeps growing)
+            "tasks": len(asyncio.all_tasks()),
         }
 
     def upstream_status(self) -> list[dict]:

@@ -90,7 +90,22 @@ def format_status(st: dict) -> str:
             lines.append(f"{'':<16} live {','.join(r['live'])}; preview idle "
                          f"{','.join(r['idle'])} with {p['header']}: {p['value']}")  # fmt: skip
     lines.extend(_canary_lines(st.get("canaries", [])))
+    lines.extend(_worker_lines(st.get("workers")))
     return "\n".join(lines)
+
+
+def _worker_lines(workers: list[dict] | None) -> list[str]:
+    """One line per data-plane process of `serve --workers N` (absent in one process)."""
+    if not workers:
+        return []
+    out = ["", f"{'WORKER':<8} {'PID':>8} {'ALIVE':<6} {'RESTARTS':>8} {'REQUESTS':>10}"]
+    for w in workers:
+        alive = "yes" if w.get("alive") else "NO"
+        out.append(
+            f"{w.get('index', ''):<8} {w.get('pid') or '-':>8} {alive:<6} "
+            f"{w.get('restarts', 0):>8} {w.get('requests', 0):>10}"
+        )
+    return out
 
 
 def _health_by_subset(upstreams: list[dict]) -> dict[str, str]:

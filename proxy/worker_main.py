@@ -23,10 +23,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy.app_net import StartupError, bind, build_table_stepwise
+from proxy.app_net import StartupError, bind, build_table_stepwise, settle_heap
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
-from proxy.routing.table import BuildCache, RoutingTable
+from proxy.routing.table import BuildCache, RoutingTable, retire
 from proxy.upstream import Pools
 from proxy.worker_goals import GoalRelay
 from proxy.worker_wire import REPORT_EVERY, Ready, Report, State, frame, read_frame
@@ -72,6 +72,7 @@ class Worker:
         assert self.pools is not None
         for subset, address, healthy in state.health:
             self.pools.set_health(subset, address, healthy)
+        retire(self.table, table)
         self.table = table
 
     async def listen(self, host: str, port: int) -> int:
@@ -145,6 +146,7 @@ async def run(fd: int) -> int:
         return 1
     worker = Worker(writer)
     await worker.apply(first)
+    settle_heap()  # before serving: the collector then skips the startup config
     try:
         port = await worker.listen(first.host, first.port)
     except StartupError as exc:

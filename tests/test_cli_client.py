@@ -83,3 +83,19 @@ def test_parse_pairs() -> None:
     for bad in (["v1"], ["=5"], ["v1=x"]):
         with pytest.raises(client.ClientError):
             client.parse_pairs(bad)
+
+
+def test_status_table_lists_workers_when_present() -> None:
+    st = {
+        "revision": 3,
+        "routes": [],
+        "workers": [
+            {"index": 0, "pid": 4242, "alive": True, "restarts": 0, "requests": 1500},
+            {"index": 1, "pid": None, "alive": False, "restarts": 2, "requests": 0},
+        ],
+    }
+    lines = client.format_status(st).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("WORKER"))
+    assert lines[head + 1].split() == ["0", "4242", "yes", "0", "1500"]
+    assert lines[head + 2].split() == ["1", "-", "NO", "2", "0"]
+    assert not any(line.startswith("WORKER") for line in client.format_status({}).splitlines())
