@@ -4,7 +4,7 @@ A `ClientConnection` parses requests, enforces the request limits and framing ru
 (RELIABILITY.md rows 1-7, 15-21, 30) before anything is forwarded, and keeps the pipeline in
 order: each request becomes an `Exchange`; only the first one in the queue talks upstream, the
 others wait with client reads paused. One lazy timer per connection watches the idle,
-request-head and response-head deadlines.
+request-head and response-head deadlines (`proxy.dataplane_timers`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import httptools
 
@@ -39,38 +39,14 @@ from proxy.dataplane_request import (
     origin_form,
     our_via,
 )
+from proxy.dataplane_timers import ClientTimers
+from proxy.dataplane_types import Goals, Metrics, header_dict
 from proxy.upstream import Pools
 
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
-LINGER = 5.0  # seconds an error-closed connection drains the client's unread bytes
 
 
-class Metrics(Protocol):
-    def observe(
-        self, route: str, service: str, version: str, code: int, seconds: float
-    ) -> None: ...
-
-    def upstream_error(self, version: str, reason: str) -> None: ...
-    def mirrored(self, route: str, version: str) -> None: ...
-
-
-class Goals(Protocol):
-    """A/B goal counting (proxy.canary.goals.GoalTracker)."""
-
-    def wants(self, route: str) -> bool: ...
-
-    def observe(
-        self,
-        route: str,
-        version: str,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        client_ip: str,
-    ) -> None: ...
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientTimers, asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.loop = server.loop
@@ -218,22 +194,6 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.transport.pause_reading()
 
-    def _linger(self) -> None:
-        """Lingering close after an error answer (as nginx's lingering_close): send FIN, then
-        read and drop what the client still sends for up to LINGER seconds. Closing with
-        unread bytes would make the kernel send a reset, and the client could lose the
-        answer before reading it."""
-        t = self.transport
-        if not t.can_write_eof():
-            t.close()
-            return
-        t.write_eof()
-        self.blocks = 0
-        t.resume_reading()
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-        self.body_timer = self.loop.call_later(LINGER, t.close)
-
     def must_close(self, ex: Exchange) -> bool:
         return (
             not ex.keep_alive
@@ -292,95 +252,6 @@ class ClientConnection(asyncio.Protocol):
             ex.start()
         else:
             self.block_read(BLOCK_PIPE)
-
-    # --- timers ------------------------------------------------------------------------------
-    def _arm_idle(self) -> None:
-        if self.server.draining:
-            self.closed = True
-            self.transport.close()
-            return
-        self._set_deadline("idle", self.limits.keepalive_timeout)
-
-    def _set_deadline(self, kind: str | None, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
-        if self.timer is None and kind is not None:
-            self.timer = self.loop.call_later(min(seconds, self.period), self._tick)
-
-    def watch_response(self, ex: Exchange, deadline: float) -> None:
-        """`ex` times out at `deadline` (loop time) unless `unwatch_response` comes first.
-
-        The connection's one lazy timer serves this too: a keep-alive connection whose
-        responses come in time creates no timer per request.
-        """
-        self.resp_ex = ex
-        self.resp_deadline = deadline
-        t = self.timer
-        if t is None or t.when() > deadline:
-            if t is not None:
-                t.cancel()
-            self.timer = self.loop.call_at(deadline, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
-        if self.closed:
-            return
-        now = self.loop.time()
-        ex = self.resp_ex
-        if ex is not None and now >= self.resp_deadline:
-            self.resp_ex = None
-            ex.response_timeout()
-        kind = self.deadline_kind
-        if kind is not None and now >= self.deadline and not self.closed:
-            self.deadline_kind = None
-            if kind == "head":
-                self._header_timeout()
-            else:
-                self._idle_timeout()
-        if self.timer is None and not self.closed:
-            self._rearm(now)
-
-    def _rearm(self, now: float) -> None:
-        wake = now + self.period
-        if self.deadline_kind is not None:
-            wake = min(wake, self.deadline)
-        elif self.resp_ex is None:
-            return  # nothing to watch: the next deadline set arms the timer again
-        if self.resp_ex is not None:
-            wake = min(wake, self.resp_deadline)
-        self.timer = self.loop.call_at(wake, self._tick)
-
-    def _idle_timeout(self) -> None:
-        if not self.queue and self.parsing is None and not self.in_head:
-            self.closing = True
-            self.closed = True
-            self.transport.close()
-
-    def close_if_idle(self) -> None:
-        if not self.queue and self.parsing is None and not self.in_head and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def _header_timeout(self) -> None:
-        if self.parsing is None and not self.closing:
-            self.reject("request_timeout")
-
-    def _body_check(self) -> None:
-        self.body_timer = None
-        ex = self.parsing
-        if ex is None or self.closed:
-            return
-        limit = self.limits.body_timeout
-        idle = self.loop.time() - self.last_body
-        if self.blocks:
-            idle = 0.0  # we stopped reading: the client is not the slow one
-            self.last_body = self.loop.time()
-        if idle >= limit:
-            self.parsing = None
-            self._stop_reading()
-            ex.client_error("request_timeout")
-            return
-        self.body_timer = self.loop.call_later(limit - idle, self._body_check)
 
     # --- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -515,16 +386,6 @@ class ClientConnection(asyncio.Protocol):
             self.queue[-1].req_done = True
         if not self.parser.should_keep_alive() or self.requests >= self.limits.keepalive_requests:
             self._stop_reading()
-
-
-def header_dict(headers: list[hdr.Header]) -> dict[str, str]:
-    """Lower-case name -> value (repeated fields joined with ", "), as routing reads them."""
-    out: dict[str, str] = {}
-    for lname, _, value in headers:
-        name = lname.decode("latin-1")
-        v = value.decode("latin-1")
-        out[name] = out[name] + ", " + v if name in out else v
-    return out
 
 
 class ProxyServer:
