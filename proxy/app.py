@@ -262,11 +262,12 @@ class App(AdminControl, CanaryHostControl):
     def _commit_config(self, config: Config, text_hash: str) -> None:
         routing = reconcile(self._loaded_routing(), config)
         table = build_table(config, Overrides(routing.weights, routing.canary_match), self._cache)
+        shown = self.table.weights() if self.table is not None else {}
         retire(self.table, table)
         self.config, self.routing, self.table, self._hash = config, routing, table, text_hash
         self.pools.update(config)
         self.health.update(config, self._initially_healthy)
-        self.metrics.set_route_weights(table.weights())
+        self.metrics.update_route_weights(shown, table.weights())
         self.store.save_routing(routing)
         self._publish()
 
@@ -300,22 +301,9 @@ class App(AdminControl, CanaryHostControl):
         if quiet_if_same and same:
             self.store.save_routing(routing)
             return self.store.get(self.store.head()) or {}
-        self._set_weight_gauges(old, table.weights())
+        self.metrics.update_route_weights(old, table.weights())
         self.store.save_routing(routing)
         return self._record(cause)
-
-    def _set_weight_gauges(
-        self, old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]
-    ) -> None:
-        """Update the route weight gauges. Same routes and subsets: set only what changed
-        (replacing 1,000 routes' gauges costs ~15 ms of loop time)."""
-        if old.keys() != new.keys() or any(old[r].keys() != new[r].keys() for r in new):
-            self.metrics.set_route_weights(new)
-            return
-        for route, by_subset in new.items():
-            if by_subset != old[route]:
-                for subset, w in by_subset.items():
-                    self.metrics.route_weight.labels(route, subset).set(w)
 
     def _record(self, cause: str) -> dict:
         assert self.table is not None

@@ -10,7 +10,7 @@ import time
 from argparse import Namespace
 
 from proxy.app import App
-from proxy.app_net import StartupError
+from proxy.app_net import StartupError, tune_malloc
 
 log = logging.getLogger("canaryproxy")
 
@@ -26,6 +26,7 @@ def run_serve(args: Namespace) -> int:
     if workers < 1:
         print(f"--workers must be at least 1, not {workers}", file=sys.stderr)
         return 2
+    tune_malloc()
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

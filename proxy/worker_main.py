@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy.app_net import StartupError, bind, build_table_stepwise, settle_heap
+from proxy.app_net import StartupError, bind, build_table_stepwise, settle_heap, tune_malloc
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import BuildCache, RoutingTable, retire
@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hangup of the group is the supervisor's
+    tune_malloc()
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
