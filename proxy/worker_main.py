@@ -29,7 +29,15 @@ from proxy.metrics import ProxyMetrics
 from proxy.routing.table import BuildCache, RoutingTable, retire
 from proxy.upstream import Pools
 from proxy.worker_goals import GoalRelay
-from proxy.worker_wire import REPORT_EVERY, Ready, Report, State, frame, read_frame
+from proxy.worker_wire import (
+    REPORT_EVERY,
+    Ready,
+    Report,
+    State,
+    frame,
+    read_frame,
+    unpack_config,
+)
 
 log = logging.getLogger("canaryproxy.worker")
 
@@ -55,7 +63,7 @@ class Worker:
         (a thread would not: regex compiles hold the GIL), so requests keep flowing while a
         new 1,000-route config compiles. States are applied one at a time, in order.
         """
-        config = state.config or self.config
+        config = await unpack_config(state.config) if state.config else self.config
         assert config is not None
         try:
             table = await build_table_stepwise(config, state.overrides, self.cache)

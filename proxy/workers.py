@@ -23,7 +23,7 @@ from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
 from proxy.worker_goals import GoalEvent
-from proxy.worker_wire import Ready, Report, State, frame, read_frame
+from proxy.worker_wire import Ready, Report, State, frame, pack_config, read_frame
 
 log = logging.getLogger("canaryproxy")
 
@@ -200,9 +200,8 @@ class WorkerSet:
         if config is not self._config:
             self._config, self._config_id = config, self._config_id + 1
         fresh = slot.config_sent != self._config_id
-        state = State(
-            self._config_id, config if fresh else None, overrides, health, self.host, self.port
-        )
+        packed = pack_config(config) if fresh else None
+        state = State(self._config_id, packed, overrides, health, self.host, self.port)
         slot.writer.write(frame(state))
         slot.config_sent = self._config_id
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config.load import load_text
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
-from proxy.worker_wire import Report, State, frame, read_frame
+from proxy.worker_wire import Report, State, frame, pack_config, read_frame, unpack_config
 
 
 def _worker(requests: list[tuple[str, int, float]]) -> ProxyMetrics:
@@ -91,7 +91,12 @@ routes:
     config, errors = load_text(text, "c.yaml")
     assert not errors and config is not None
     state = State(
-        1, config, Overrides({"web": {"v1": 100.0}}), (("v1", "127.0.0.1:1", False),), "h", 9
+        1,
+        pack_config(config),
+        Overrides({"web": {"v1": 100.0}}),
+        (("v1", "127.0.0.1:1", False),),
+        "h",
+        9,
     )
     report = Report(42, _worker([("v1", 200, 0.01)]).export_counts(), final=True)
     reader = asyncio.StreamReader()
@@ -99,7 +104,9 @@ routes:
     for i in range(0, len(data), 7):  # arrives in pieces, as on a socket
         reader.feed_data(data[i : i + 7])
     reader.feed_eof()
-    assert await read_frame(reader) == state
+    got_state = await read_frame(reader)
+    assert got_state == state
+    assert await unpack_config(got_state.config) == config
     got = await read_frame(reader)
     assert got.pid == 42 and got.final and got.counts.series[("web", "v1")].codes == {200: 1}
     assert await read_frame(reader) is None
