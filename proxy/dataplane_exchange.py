@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from proxy import headers as hdr
@@ -135,7 +136,7 @@ class Exchange:
         self.error = ""
 
     # --- decision (at head time, before any body byte is read) ------------------------------
-    def prepare(self, table, decide_headers: dict[str, str], expect: bytes | None) -> None:
+    def prepare(self, table, decide_headers: Mapping[str, str], expect: bytes | None) -> None:
         d = table.decide(
             self.method.decode("latin-1"),
             self.target.decode("latin-1"),
@@ -390,7 +391,7 @@ class Exchange:
     def _response_head(
         self, status: int, headers: list, length: bytes | None, connection: list[bytes]
     ) -> bytes:
-        nominated = hdr.nominated(connection) if connection else _NONE
+        nominated = _nominated(connection) if connection else _NONE
         lines = hdr.response_lines(headers, nominated, self._policy(), self.set_cookie)
         framing = self._framing(status, length)
         self.close_after = self.close_after or self.client.must_close(self)
@@ -425,7 +426,8 @@ class Exchange:
             self.client.write(data)
 
     def up_done(self, reusable: bool) -> None:
-        self._cancel_timer()
+        if self.done:
+            self._cancel_timer()
         if self.mode == CHUNKED:
             self.client.write(b"0\r\n\r\n")
         conn, self.conn = self.conn, None
@@ -460,7 +462,9 @@ class Exchange:
         self.fail(reason)
 
     def up_cork(self) -> None:
-        self.client.cork()
+        client = self.client
+        if client.corked is None:  # inlined ClientConnection.cork: once per upstream read
+            client.corked = []
 
     def up_uncork(self) -> None:
         self.client.uncork()
@@ -477,11 +481,12 @@ class Exchange:
     # --- timers ------------------------------------------------------------------------------
     def _arm_response_timer(self) -> None:
         route = self.route
-        left = self.t0 + route.timeout - self.loop.time() if route.timeout > 0 else 1e9
+        now = self.loop.time()
+        left = self.t0 + route.timeout - now if route.timeout > 0 else 1e9
         per_try = route.retries.per_try_timeout or 0.0
         self.per_try = 0 < per_try < left
         delay = per_try if self.per_try else left
-        self.client.watch_response(self, self.loop.time() + max(delay, 0.0))
+        self.client.watch_response(self, now + max(delay, 0.0))
 
     def response_timeout(self) -> None:
         """The response head did not come in time (called by the client connection)."""
@@ -546,3 +551,17 @@ class Exchange:
         seconds = self.loop.time() - self.t0
         self.client.server.record(self, code, seconds)
         self.client.finished(self)
+
+
+_NOMINATED: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+
+
+def _nominated(connection: list[bytes]) -> frozenset[bytes]:
+    """`hdr.nominated`, cached: upstreams send the same `Connection: keep-alive` every time."""
+    key = tuple(connection)
+    hit = _NOMINATED.get(key)
+    if hit is None:
+        if len(_NOMINATED) >= 256:
+            _NOMINATED.clear()  # an upstream inventing values: keep the cache bounded
+        hit = _NOMINATED[key] = hdr.nominated(connection)
+    return hit

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from proxy import headers as hdr
 
@@ -40,3 +41,35 @@ def header_dict(headers: list[hdr.Header]) -> dict[str, str]:
         v = value.decode("latin-1")
         out[name] = out[name] + ", " + v if name in out else v
     return out
+
+
+class LazyHeaders(Mapping[str, str]):
+    """The request's headers as routing reads them (`header_dict`), built on first use: a
+    table whose rules read no header (plain weighted split) never pays for the dict."""
+
+    __slots__ = ("_raw", "_d")
+
+    def __init__(self, raw: list[hdr.Header]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = self._d = header_dict(self._raw)
+        return d
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._dict().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())

@@ -50,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
         self.pool = pool
         self.endpoint = endpoint
+        self.loop = pool._loop  # made inside the running loop (UpstreamPool._open)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.parser = httptools.HttpResponseParser(self)
         self.handler: Handler | None = None
@@ -78,8 +79,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.handler = handler
         self.got_bytes = False
         self._reusable = True
-        self.resume_reading()  # the previous client may have paused us just before the end
-        self.last_read = self.pool._loop.time()
+        if self._paused:  # the previous client may have paused us just before the end
+            self.resume_reading()
+        self.last_read = self.loop.time()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -140,7 +142,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the stream is out of sync
             return
         self.got_bytes = True
-        self.last_read = self.pool._loop.time()
+        self.last_read = self.loop.time()
         handler = self.handler
         handler.up_cork()
         try:

@@ -40,7 +40,7 @@ from proxy.dataplane_request import (
     our_via,
 )
 from proxy.dataplane_timers import ClientTimers
-from proxy.dataplane_types import Goals, Metrics, header_dict
+from proxy.dataplane_types import Goals, LazyHeaders, Metrics, header_dict
 from proxy.upstream import Pools
 
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
@@ -76,6 +76,7 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
         self.head_size = 0
         self.url_done = False
         self.corked: list[bytes] | None = None
+        self.valid_host = b""  # the last Host value that passed the syntax check
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -295,8 +296,10 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
     def _special(self, lname: bytes, value: bytes) -> None:
         if lname == b"host":
             self.hosts += 1
-            if HOST.fullmatch(value) is None:
-                raise Reject("bad_request")
+            if value != self.valid_host:  # a keep-alive client repeats its Host
+                if HOST.fullmatch(value) is None:
+                    raise Reject("bad_request")
+                self.valid_host = value
         elif lname == b"content-length":
             self.cl.append(value)
         elif lname == b"transfer-encoding":
@@ -323,7 +326,7 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
         req = self._request()
         ex = Exchange(self, req)
         if ex.local is None:
-            ex.prepare(self.server.get_table(), self._decide_headers(), self.expect)
+            ex.prepare(self.server.get_table(), LazyHeaders(self.headers), self.expect)
         if ex.chunked or ex.content_length:
             self.parsing = ex
             self.last_body = self.loop.time()
@@ -365,9 +368,6 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
             self.hosts == 1,
             error,
         )
-
-    def _decide_headers(self) -> dict[str, str]:
-        return header_dict(self.headers)
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

@@ -98,7 +98,7 @@ class UpstreamPool:
         fallback = None
         for i in range(n):
             ep = eps[(self._rr + i) % n]
-            if not ep.healthy or ep.ejected(now):
+            if not ep.healthy or ep.ejected_until > now:  # inlined Endpoint.ejected
                 continue
             if ep is exclude and n > 1:
                 fallback = ep
@@ -119,7 +119,7 @@ class UpstreamPool:
         if self.in_flight >= self.upstream.max_requests:
             cb(None, None, OVERLOADED)
             return
-        now = self._loop.time()
+        now = (self._loop_ or self._loop).time()
         ep = self._pick(exclude, now)
         if ep is None:
             cb(None, None, NO_HEALTHY)
@@ -209,14 +209,15 @@ class UpstreamPool:
         ep.active -= 1
         self.in_flight -= 1
         if reusable and not self.draining and not conn.closed:
-            conn.idle_since = self._loop.time()
+            conn.idle_since = conn.loop.time()
             ep.idle.append(conn)
             if self._sweeper is None:
                 self._sweeper = self._loop.call_later(self._sweep_every(), self._sweep)
         else:
             conn.pool_owned = False
             conn.close()
-        self._serve_pending()
+        if self._pending:
+            self._serve_pending()
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed (by either side): drop it from the counts."""
