@@ -22,8 +22,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import AdminAPI, BadInput
-from proxy.app_control import AdminControl, CanaryHostControl
+from proxy.app_control import AdminControl, CanaryHostControl, check_admin, warn_restart_only
 from proxy.app_net import (
+    ConfigParser,
     StartupError,
     bind,
     build_table_stepwise,
@@ -76,6 +77,7 @@ class App(AdminControl, CanaryHostControl):
         self.routing = RoutingState()
         self.table: RoutingTable | None = None
         self._cache = BuildCache()  # compiled routes of the running table, reused by builds
+        self._parser = ConfigParser()  # parses reloads off the event loop
         self._reload_lock = asyncio.Lock()  # one reload at a time; later ones wait
         self.last_reload_error: str | None = None
         self.canaries: Any = None
@@ -93,7 +95,7 @@ class App(AdminControl, CanaryHostControl):
 
     async def start(self) -> None:
         config, text_hash = self._read_config()
-        self._check_admin(config)
+        check_admin(config, self.token_for(config))
         self.metrics = ProxyMetrics(self.registry, config.metrics.compat)
         self.pools = Pools(config)
         self._commit_config(config, text_hash)
@@ -131,16 +133,6 @@ class App(AdminControl, CanaryHostControl):
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             return "", "", [f"{self.config_path}: cannot read: {why}"]
-
-    def _check_admin(self, config: Config) -> None:
-        host, _ = split_listen(config.admin.listen)
-        if not is_loopback(host) and not self.token_for(config):
-            raise StartupError(
-                f"refusing to start: admin.listen {config.admin.listen} is not a loopback "
-                f"address and ${config.admin.token_env} is not set; set a token or bind "
-                "admin to 127.0.0.1",
-                code=2,
-            )
 
     async def _start_proxy(self, config: Config) -> None:
         from proxy.server import ProxyServer
@@ -236,6 +228,7 @@ class App(AdminControl, CanaryHostControl):
         if self._access_log is not None:
             self._access_log.close()
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self._parser.close)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -344,7 +337,7 @@ class App(AdminControl, CanaryHostControl):
                 return known
             config = None
             if not errors:
-                config, errors = await asyncio.to_thread(load_text, text, self.config_path)
+                config, errors = await self._parser.load(text, self.config_path)
             if config is not None:
                 errors = await self._precompile(config)
             return self._finish_reload(config, errors, text_hash)
@@ -387,16 +380,7 @@ class App(AdminControl, CanaryHostControl):
 
     def _try_commit(self, config: Config, text_hash: str) -> list[str]:
         assert self.config is not None
-        old = self.config
-        for what, before, after in [
-            ("listen", old.listen, config.listen),
-            ("admin.listen", old.admin.listen, config.admin.listen),
-            ("access_log", old.access_log, config.access_log),
-            ("metrics.compat", old.metrics.compat, config.metrics.compat),
-            ("limits", old.limits, config.limits),
-        ]:
-            if before != after:
-                log.warning("%s changed; that takes effect at the next restart", what)
+        warn_restart_only(self.config, config)
         try:
             self._commit_config(config, text_hash)
         except ValueError as exc:

@@ -21,6 +21,33 @@ from proxy.upstream import Pools
 log = logging.getLogger("canaryproxy")
 
 
+def check_admin(config: Config, token: str | None) -> None:
+    """Refuse an admin API reachable from other hosts without a token."""
+    from proxy.app_net import StartupError, is_loopback, split_listen
+
+    host, _ = split_listen(config.admin.listen)
+    if not is_loopback(host) and not token:
+        raise StartupError(
+            f"refusing to start: admin.listen {config.admin.listen} is not a loopback "
+            f"address and ${config.admin.token_env} is not set; set a token or bind "
+            "admin to 127.0.0.1",
+            code=2,
+        )
+
+
+def warn_restart_only(old: Config, new: Config) -> None:
+    """A reload cannot rebind sockets or resize limits: say so for each such change."""
+    for what, before, after in [
+        ("listen", old.listen, new.listen),
+        ("admin.listen", old.admin.listen, new.admin.listen),
+        ("access_log", old.access_log, new.access_log),
+        ("metrics.compat", old.metrics.compat, new.metrics.compat),
+        ("limits", old.limits, new.limits),
+    ]:
+        if before != after:
+            log.warning("%s changed; that takes effect at the next restart", what)
+
+
 class AdminControl:
     """What the admin API calls; the attributes are App's."""
 

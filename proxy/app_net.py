@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import multiprocessing
 import socket
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
+from proxy.config.load import load_text
 from proxy.config.schema import Config
 from proxy.routing.table import BuildCache, Overrides, RoutingTable, iter_build_table
+from proxy.worker_wire import PackedConfig, pack_config, remember, unpack_config
 
 # A build yields the loop after this much work: requests wait at most about this long.
 BUILD_SLICE = 0.002
@@ -127,3 +132,46 @@ def tune_malloc(trim_threshold: int = 256 << 20, top_pad: int = 64 << 20) -> boo
         return libc.mallopt(_M_TOP_PAD, top_pad) == 1 and ok
     except (OSError, ValueError, AttributeError):
         return False
+
+
+# Larger texts are parsed in a process of their own: libyaml holds the GIL ~100 ms for a
+# 1,000-route file, so a thread would stall the event loop just the same.
+PARSE_APART = 64 * 1024
+
+
+def _load_packed(text: str, filename: str) -> tuple[PackedConfig | None, list[str]]:
+    config, errors = load_text(text, filename)
+    return (pack_config(config) if config is not None else None), errors
+
+
+class ConfigParser:
+    """Parses config text off the event loop: small texts in a thread, large ones in a
+    parser process (started at the first large file, kept for the next), whose result
+    arrives in parts loaded a slice at a time (worker_wire.unpack_config)."""
+
+    def __init__(self, apart: int = PARSE_APART) -> None:
+        self.apart = apart
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def load(self, text: str, filename: str) -> tuple[Config | None, list[str]]:
+        if len(text) < self.apart:
+            return await asyncio.to_thread(load_text, text, filename)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        try:
+            packed, errors = await loop.run_in_executor(self._pool, _load_packed, text, filename)
+        except BrokenProcessPool:  # the parser died (killed?): parse here, start anew next time
+            self.close()
+            return await asyncio.to_thread(load_text, text, filename)
+        if packed is None:
+            return None, errors
+        config = await unpack_config(packed)
+        remember(config, packed)  # workers get the same parts: no second pickling
+        return config, errors
+
+    def close(self) -> None:
+        """Stop the parser process (waits for it to exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
