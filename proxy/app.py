@@ -30,6 +30,7 @@ from proxy.app_net import (
     build_table_stepwise,
     check_free,
     is_loopback,
+    keep_config,
     settle_heap,
     split_listen,
 )
@@ -371,6 +372,7 @@ class App(AdminControl, CanaryHostControl):
         if errors:
             return self._reject(errors, text_hash)
         self.metrics.reload("ok")
+        keep_config()
         self.last_reload_error = None
         rev = self._record("reload")
         if self.canaries is not None:

@@ -23,7 +23,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy.app_net import StartupError, bind, build_table_stepwise, settle_heap, tune_malloc
+from proxy.app_net import (
+    StartupError,
+    bind,
+    build_table_stepwise,
+    keep_config,
+    settle_heap,
+    tune_malloc,
+)
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import BuildCache, RoutingTable, retire
@@ -82,6 +89,8 @@ class Worker:
             self.pools.set_health(subset, address, healthy)
         retire(self.table, table)
         self.table = table
+        if state.config is not None and self.server is not None:
+            keep_config()  # a new config after startup (settle_heap froze the first)
 
     async def listen(self, host: str, port: int) -> int:
         from proxy.server import ProxyServer
