@@ -8,8 +8,11 @@ request fails) so that a 5 % error rate is exactly 5 % in every window of 20 req
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -60,12 +63,12 @@ class Upstream:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int = 0) -> Upstream:
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> Upstream:
         self._runner = web.AppRunner(make_app(self.behaviour), access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+        sock.bind((host, port))
         self.port = int(sock.getsockname()[1])
         await web.SockSite(self._runner, sock).start()
         return self
@@ -78,3 +81,31 @@ class Upstream:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m proxy.demo_upstream --version v1 --port 9001`: one versioned upstream."""
+    p = argparse.ArgumentParser(prog="python -m proxy.demo_upstream", description=main.__doc__)
+    p.add_argument("--version", required=True, help="the version this upstream names")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--error-rate", type=float, default=0.0, help="0..1, spread evenly")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    args = p.parse_args(argv)
+    behaviour = Behaviour(args.version, args.error_rate, args.latency_ms)
+
+    async def serve() -> None:
+        up = await Upstream(behaviour).start(args.port, args.host)
+        print(f"{args.version} listening on {args.host}:{up.port}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await up.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
