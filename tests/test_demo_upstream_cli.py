@@ -25,3 +25,5 @@ def test_demo_upstream_serves_its_version_until_stopped() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
