@@ -128,6 +128,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if handler is not None:
             handler.up_failed("upstream_reset", self.got_bytes)
+        # The parser holds bound methods of this protocol: without it the connection is
+        # freed by reference counting, not by the next full gc pass.
+        self.parser = None  # type: ignore[assignment]
 
     def pause_writing(self) -> None:
         if self.handler is not None:

@@ -101,6 +101,9 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
         for ex in list(self.queue):
             ex.client_lost()
         self.queue.clear()
+        # The parser holds bound methods of this protocol: dropping it frees the closed
+        # connection (transport, buffers, timers) now, not at the next full gc pass.
+        self.parser = None  # type: ignore[assignment]
 
     def eof_received(self) -> bool:
         """EOF from the client ends the connection and whatever it had in flight (as nginx

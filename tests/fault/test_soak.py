@@ -39,10 +39,8 @@ def test_soak_60s() -> None:
 # A closed connection must be freed by reference counting: whatever only the cycle collector
 # frees piles up between its full passes (minutes apart under load), and pymalloc keeps the
 # pages it took. The soak's RSS slope (~260 KiB/min at 150 rps) was this pile, see
-# benchmarks/mem_soak.py: the httptools parser holds bound methods of its protocol.
-@pytest.mark.xfail(
-    strict=True, reason="ClientConnection/UpstreamConnection <-> httptools parser cycle"
-)
+# benchmarks/mem_soak.py: the httptools parser holds bound methods of its protocol, so
+# connection_lost drops the parser.
 async def test_closed_connections_need_no_cycle_collection(tmp_path: Path) -> None:
     require_proxy()
     from proxy.app import App
