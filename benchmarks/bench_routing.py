@@ -5,6 +5,8 @@
 The table has 10 routes: header, cookie, query, source_ip, region and path-regex routes,
 a 100,000-user whitelist route, and a last catch-all route with the split under test.
 Each scenario is one request shape; "fall through" requests check every earlier route.
+The "header routes" scenarios use another table: 50 routes each matching one exact
+`x-tenant` value (as the `header-routes` load scenario), then a catch-all.
 Target: < 5 us per decision.
 """
 
@@ -76,6 +78,17 @@ BASE_HEADERS = {
 }
 
 Case = tuple[str, RoutingTable, str, dict[str, str], str]
+TENANTS = 50
+
+
+def _tenant_table() -> RoutingTable:
+    routes = tuple(
+        Route(f"t{i}", (V2,), match=(MatchRule(headers=(_hdr("x-tenant", "exact", f"t-{i}"),)),))
+        for i in range(TENANTS)
+    )
+    ups = (Upstream("v1", ("127.0.0.1:1",)), Upstream("v2", ("127.0.0.1:2",)))
+    default = Route("default", (V1, V2))
+    return build_table(Config(listen="127.0.0.1:0", upstreams=ups, routes=(*routes, default)))
 
 
 def _cases() -> list[Case]:
@@ -91,6 +104,8 @@ def _cases() -> list[Case]:
         ),
     )
     with_re2 = build_table(_config(Route("default", (V1, V2)), RE2_PATTERNS))
+    tenants = _tenant_table()
+    last = f"t-{TENANTS - 1}"
     return [
         ("first route (header exact)", plain, "/", {**BASE_HEADERS, "x-debug": "1"}, "10.0.0.1"),
         (
@@ -119,6 +134,14 @@ def _cases() -> list[Case]:
         ("fall through, 2 RE2-engine regexes", with_re2, "/api/v1/items", BASE_HEADERS, "10.0.0.1"),
         ("fall through, new client ip each", plain, "/api/v1/items", BASE_HEADERS, "*"),
         ("fall through, canary match", canary, "/", {**BASE_HEADERS, "x-ab": "1"}, "10.0.0.1"),
+        (
+            "50 header routes, last matches",
+            tenants,
+            "/",
+            {**BASE_HEADERS, "x-tenant": last},
+            "10.0.0.1",
+        ),
+        ("50 header routes, fall through", tenants, "/", BASE_HEADERS, "10.0.0.1"),
     ]
 
 
@@ -145,7 +168,7 @@ def main() -> None:
     opts = ap.parse_args()
     started = time.perf_counter()
     cases = _cases()
-    print(f"built 5 tables of 10 routes (100,000 users) in {time.perf_counter() - started:.2f} s")
+    print(f"built 6 tables (100,000 users) in {time.perf_counter() - started:.2f} s")
     print(f"{'scenario':34} {'ns/decision':>12}  result")
     for name, table, target, headers, ip in cases:
         d = table.decide("GET", target, headers, "10.0.0.1" if ip == "*" else ip, 0.5)

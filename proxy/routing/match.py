@@ -12,7 +12,7 @@ Rules kept here:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -333,6 +333,41 @@ def rules_test(rules: tuple[CompiledRule, ...]) -> Check | None:
         return False
 
     return any_item
+
+
+def exact_header_key(rule: MatchRule) -> tuple[str, str] | None:
+    """(lower-case header name, value) when the item is one `headers: {name: {exact: v}}`
+    condition and nothing else (empty method/region/users sets check nothing); else None."""
+    if len(rule.headers) != 1 or rule.path is not None or rule.method:
+        return None
+    if rule.cookies or rule.query or rule.source_ip or rule.region or rule.users:
+        return None
+    name, sm = rule.headers[0]
+    return (name.lower(), sm.value) if sm.kind == "exact" else None
+
+
+def exact_header_keys(rules: tuple[MatchRule, ...]) -> tuple[tuple[str, str], ...] | None:
+    """The keys of a match list whose every item is an exact-header key (OR of them), for a
+    hash lookup in place of the checks; None when any item is anything else, or the list
+    is empty (which matches every request)."""
+    keys = tuple(exact_header_key(r) for r in rules)
+    if not keys or None in keys:
+        return None
+    return keys  # type: ignore[return-value]
+
+
+# Per header name: value -> index of the earliest route with that exact-header key.
+HeaderIndex = tuple[tuple[str, dict[str, int]], ...]
+
+
+def build_header_index(keys: Sequence[tuple[tuple[str, str], ...] | None]) -> HeaderIndex:
+    """Index the exact-header keys of routes in table order (None: the route is not
+    indexed); a (name, value) key shared by several routes keeps the lowest index."""
+    by_name: dict[str, dict[str, int]] = {}
+    for i, route_keys in enumerate(keys):
+        for name, value in route_keys or ():
+            by_name.setdefault(name, {}).setdefault(value, i)
+    return tuple(by_name.items())
 
 
 def first_match(rules: tuple[CompiledRule, ...], req: Request) -> int:
