@@ -46,6 +46,9 @@ from proxy.upstream import Pools
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
 
 
+BACKLOG = 1024  # as the listen sockets the app binds itself
+
+
 class ClientConnection(ClientTimers, asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -419,11 +422,19 @@ class ProxyServer:
         self, host: str, port: int, sock: socket.socket | None = None, reuse_port: bool = False
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        # asyncio listens with a backlog of 100 (also on a socket it is given); a burst of
+        # new connections beyond it is dropped and retried by the client a second later.
         if sock is not None:
-            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock)
+            srv = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=BACKLOG
+            )
         else:
             srv = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None
+                lambda: ClientConnection(self),
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                backlog=BACKLOG,
             )
         self._server = srv
         self.port = srv.sockets[0].getsockname()[1]
