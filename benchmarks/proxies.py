@@ -18,7 +18,7 @@ from benchmarks.scenarios import Scenario
 PROXY_CPU = 0
 LOAD_CPU = 1
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"  # admin token for our proxy (reload in reload_block)
+TOKEN = "bench-token"  # admin token for our proxy (reloads in reload_stall)
 
 Proc = subprocess.Popen[bytes]
 
