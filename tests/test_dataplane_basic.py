@@ -21,13 +21,6 @@ from yarl import URL
 
 
 @pytest.fixture
-async def upstream():
-    up = await start_upstream()
-    yield up
-    await up.close()
-
-
-@pytest.fixture
 async def proxy(upstream: Upstream):
     p = await start_proxy(simple_config({"v1": [upstream.address]}))
     yield p

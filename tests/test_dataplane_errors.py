@@ -25,13 +25,6 @@ from util_servers import (
 
 
 @pytest.fixture
-async def upstream():
-    up = await start_upstream()
-    yield up
-    await up.close()
-
-
-@pytest.fixture
 async def proxy(upstream: Upstream):
     cfg = simple_config(
         {"v1": [upstream.address]},
