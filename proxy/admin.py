@@ -83,7 +83,8 @@ def check_no_crlf(value: Any, where: str = "body") -> None:
 
 
 def parse_weights(body: Any) -> dict[str, float]:
-    """`{"v1": 90, "v2": 10}` -> weights; finite numbers >= 0, not all zero, no bools."""
+    """`{"v1": 90, "v2": 10}` -> weights; finite numbers >= 0, no bools. `{"v2": 0}` is
+    valid (v2 0 %, the rest share 100 %): the all-zero check follows the percent rule."""
     if not isinstance(body, dict) or not body:
         raise BadInput('expected a JSON object of subset weights, e.g. {"v1": 90, "v2": 10}')
     out: dict[str, float] = {}
@@ -93,8 +94,6 @@ def parse_weights(body: Any) -> dict[str, float]:
         if not math.isfinite(w) or w < 0:
             raise BadInput(f"weight of {subset!r} must be a finite number >= 0, got {w}")
         out[subset] = float(w)
-    if sum(out.values()) <= 0:
-        raise BadInput("weights must not all be 0: some subset has to take the traffic")
     return out
 
 
@@ -152,15 +151,31 @@ def explain_args(body: dict) -> tuple[str, str, dict[str, str], dict[str, str], 
     return method.upper(), path, lower, dict(cookies), client_ip
 
 
-def readiness(weights: dict[str, dict[str, float]], pools: list[dict]) -> tuple[bool, str]:
-    """Ready when every subset that takes traffic has a healthy, non-ejected endpoint."""
+def readiness(
+    weights: dict[str, dict[str, float]],
+    pools: list[dict],
+    probed: frozenset[str] = frozenset(),
+    passed: frozenset[tuple[str, str]] = frozenset(),
+) -> tuple[bool, str]:
+    """Ready while every route has a subset that takes traffic and has a usable endpoint.
+
+    A canary that is down does not take the whole gateway out of its load balancer; a
+    route whose every live subset is down does. An endpoint of a subset with a health
+    check (`probed`) counts only once a probe has passed (`passed`), as Envoy warms a
+    cluster on its first health-check round: until then nobody knows it answers.
+    """
     usable = {
-        p["name"] for p in pools if any(e["healthy"] and not e["ejected"] for e in p["endpoints"])
+        p["name"]
+        for p in pools
+        for e in p["endpoints"]
+        if e["healthy"]
+        and not e["ejected"]
+        and (p["name"] not in probed or (p["name"], e["address"]) in passed)
     }
     for route, by_subset in weights.items():
-        for subset, w in by_subset.items():
-            if w > 0 and subset not in usable:
-                return False, f"route {route}: no healthy endpoint in subset {subset}"
+        live = [s for s, w in by_subset.items() if w > 0]
+        if live and not any(s in usable for s in live):
+            return False, f"route {route}: no healthy endpoint in subset {', '.join(live)}"
     return True, "ok"
 
 

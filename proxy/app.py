@@ -100,6 +100,7 @@ class App(AdminControl, CanaryHostControl):
         self.metrics = ProxyMetrics(self.registry, config.metrics.compat)
         self.pools = Pools(config)
         self._commit_config(config, text_hash)
+        self._say_overrides()
         if self._differs_from_head():
             self._record("reload")
         if self.worker_count > 1:
@@ -265,6 +266,18 @@ class App(AdminControl, CanaryHostControl):
         self.store.save_routing(routing)
         self._publish()
 
+    def _say_overrides(self) -> None:
+        """Weights from the state dir that win over the file's: say so at startup."""
+        for route, w in self.routing.weights.items():
+            shown = self.routing.seen_file.get(route)
+            if shown is not None and w != shown:
+                log.warning(
+                    "route %s: weights %s from the state dir %s override the file's %s "
+                    "(set through the API or a canary; `canaryproxy undo` or a change of the "
+                    "route's weights in the file ends the override)",
+                    route, _fmt(w), self.store.dir, _fmt(shown),
+                )  # fmt: skip
+
     def _loaded_routing(self) -> RoutingState:
         return self.routing if self.config is not None else self.store.load_routing()
 
@@ -350,6 +363,9 @@ class App(AdminControl, CanaryHostControl):
         if text_hash and text_hash in (self._hash, self._bad_hash):
             if text_hash == self._bad_hash and self.last_reload_error:
                 return {"result": "rejected", "error": self.last_reload_error}
+            if self.last_reload_error:  # the file is back to the running content: valid
+                log.info("config file is the running config again; last reload error cleared")
+                self.last_reload_error, self._bad_hash = None, ""
             return {"result": "unchanged", "revision": self.store.head()}
         return None
 
@@ -402,6 +418,10 @@ class App(AdminControl, CanaryHostControl):
     def _on_health(self, subset: str, address: str, healthy: bool) -> None:
         self.pools.set_health(subset, address, healthy)
         self._publish()
+
+
+def _fmt(weights: dict[str, float]) -> str:
+    return " ".join(f"{s}={w:g}" for s, w in weights.items())
 
 
 def _log_crash(task: asyncio.Task) -> None:

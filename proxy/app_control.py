@@ -14,6 +14,7 @@ from typing import Any
 from proxy.admin import BadInput, NotFound, explain_args, readiness
 from proxy.config.schema import Config, MatchRule, Route
 from proxy.metrics import ProxyMetrics, VersionSnapshot
+from proxy.routing.split import weights_from_percent
 from proxy.routing.table import RoutingTable
 from proxy.state import RoutingState, StateStore, file_weights, match_from_json
 from proxy.upstream import Pools
@@ -60,6 +61,7 @@ class AdminControl:
     pools: Pools
     canaries: Any
     workers: Any
+    health: Any
     last_reload_error: str | None
 
     def _apply(self, routing: RoutingState, cause: str, quiet_if_same: bool = False) -> dict:
@@ -79,15 +81,25 @@ class AdminControl:
         assert self.config is not None
         r = self.config.route(route)
         if r is None:
-            raise BadInput(f"unknown route {route!r}")
+            names = ", ".join(x.name for x in self.config.routes)
+            raise NotFound(f"unknown route {route!r}; routes: {names}")
         return [d.subset for d in r.destinations]
 
+    def series(self) -> dict:
+        """The last 15 minutes of per-version rps, error % and P99 (the dashboard's charts)."""
+        return self.metrics.series()
+
     def set_weights(self, route: str, weights: dict[str, float]) -> dict:
+        """Weights in percent (SPEC §1): names left out share what is left."""
+        assert self.table is not None
         known = self._route_subsets(route)
-        unknown = sorted(set(weights) - set(known))
-        if unknown:
-            raise BadInput(f"route {route!r} has no subset {', '.join(unknown)}; known: {known}")
-        full = {s: weights.get(s, 0.0) for s in known}
+        current = self.table.weights().get(route, {})
+        try:
+            full = weights_from_percent({s: current.get(s, 0.0) for s in known}, weights)
+        except ValueError as exc:
+            raise BadInput(f"route {route!r}: {exc}") from None
+        if sum(full.values()) <= 0:
+            raise BadInput("weights must not all be 0: some subset has to take the traffic")
         return self._set_route(route, full, "weights", keep_match=True)
 
     def switch(self, route: str, subset: str) -> dict:
@@ -150,7 +162,9 @@ class AdminControl:
             return False, "no config loaded"
         if self.workers is not None and self.workers.alive() == 0:
             return False, "no worker process is running"
-        return readiness(self.table.weights(), self.upstream_status())
+        health = self.health
+        passed = frozenset(health.passed)
+        return readiness(self.table.weights(), self.upstream_status(), health.probed(), passed)
 
     def status(self) -> dict:
         assert self.config is not None and self.table is not None
@@ -158,6 +172,7 @@ class AdminControl:
         return {
             "revision": self.store.head(),
             "config_file": self.config_path,
+            "state_dir": self.store.dir,
             "last_reload_error": self.last_reload_error,
             "routes": [self._route_status(r, weights.get(r.name, {})) for r in self.config.routes],
             "upstreams": [
@@ -192,6 +207,7 @@ class AdminControl:
             if r.preview
             else None,
             "override": r.name in self.routing.weights,
+            "file_weights": {d.subset: float(d.weight) for d in r.destinations},
             "canary_match": match[0] if match else None,
             "versions": {s: self.metrics.version_rates(r.name, s) for s in weights},
         }

@@ -20,7 +20,15 @@ TIMEOUT = 10.0
 
 
 class ClientError(Exception):
-    """A request the admin API refused, or could not be made; the message is for the user."""
+    """A request the admin API refused, or could not be made; the message is for the user.
+
+    `status` is the HTTP status (0 when no answer came) and `body` the decoded JSON
+    answer of a refusal, when it had one."""
+
+    def __init__(self, message: str, status: int = 0, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 def call(admin: str, method: str, path: str, body: Any = None) -> Any:
@@ -38,18 +46,25 @@ def call(admin: str, method: str, path: str, body: Any = None) -> Any:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
-        raise ClientError(f"{method} {path}: {exc.code} {_reason(exc)}") from None
+        body = _json_body(exc.read())
+        reason = _reason(body) or str(exc.reason)
+        raise ClientError(f"{method} {path}: {exc.code} {reason}", exc.code, body) from None
     except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", exc)
         raise ClientError(f"cannot reach the admin API at {admin}: {why}") from None
 
 
-def _reason(exc: urllib.error.HTTPError) -> str:
-    raw = exc.read()
+def _json_body(raw: bytes) -> Any:
     try:
-        return str(json.loads(raw)["error"])
-    except (ValueError, KeyError, TypeError):
-        return raw.decode(errors="replace").strip() or str(exc.reason)
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip()
+
+
+def _reason(body: Any) -> str:
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return body if isinstance(body, str) else ""
 
 
 def _run(fn: Any, args: Namespace) -> int:
@@ -85,6 +100,9 @@ def format_status(st: dict) -> str:
                 f"{v.get('error_pct', 0):>6.2f} {v.get('p99_ms', 0):>8.1f} "
                 f"{health.get(subset, '-'):>8}"
             )
+        if r.get("override") and r.get("file_weights") not in (None, r.get("weights")):
+            lines.append(f"{'':<16} weights override the file's {_fmt_weights(r['file_weights'])} "
+                         f"(kept in the state dir {st.get('state_dir', '')}; `undo` to go back)")  # fmt: skip
         if r.get("preview") and r.get("idle"):
             p = r["preview"]
             lines.append(f"{'':<16} live {','.join(r['live'])}; preview idle "
@@ -135,19 +153,35 @@ def _canary_lines(canaries: list[dict]) -> list[str]:
 
 
 def cmd_status(args: Namespace) -> int:
+    if getattr(args, "watch", False):
+        return _watch(args)
     try:
-        while True:
-            st = call(args.admin, "GET", "/api/v1/status")
-            text = json.dumps(st, indent=2) if getattr(args, "json", False) else format_status(st)
-            if not getattr(args, "watch", False):
-                print(text)
-                return 0
-            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-            sys.stdout.flush()
-            time.sleep(max(0.2, float(getattr(args, "interval", 1.0))))
+        st = call(args.admin, "GET", "/api/v1/status")
     except ClientError as exc:
         print(f"canaryproxy: {exc}", file=sys.stderr)
         return 1
+    print(json.dumps(st, indent=2) if getattr(args, "json", False) else format_status(st))
+    return 0
+
+
+def _watch(args: Namespace) -> int:
+    """Redraw until interrupted. An unreachable admin (a restart, a deploy) is shown
+    and retried, never fatal: the screen resumes when the admin answers again."""
+    interval = max(0.2, float(getattr(args, "interval", 1.0)))
+    last_revision = None
+    while True:
+        now = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            st = call(args.admin, "GET", "/api/v1/status")
+            last_revision = st.get("revision")
+            body = json.dumps(st, indent=2) if getattr(args, "json", False) else format_status(st)
+            screen = f"{now}   {args.admin}   revision {last_revision}\n\n{body}"
+        except ClientError as exc:
+            seen = f"last seen revision {last_revision}" if last_revision is not None else ""
+            screen = f"{now}   {args.admin}   unreachable, retrying every {interval:g} s   {seen}\n\n{exc}"
+        sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
+        sys.stdout.flush()
+        time.sleep(interval)
 
 
 # -- mutations ------------------------------------------------------------------------
@@ -226,3 +260,128 @@ def cmd_undo(args: Namespace) -> int:
 
 def _fmt_weights(w: dict[str, float]) -> str:
     return " ".join(f"{s}={x:g}" for s, x in w.items())
+
+
+# -- reload and explain -----------------------------------------------------------------
+
+
+def cmd_reload(args: Namespace) -> int:
+    """POST /api/v1/reload; a rejected file prints every error and exits 1."""
+    try:
+        ans = call(args.admin, "POST", "/api/v1/reload", {})
+    except ClientError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        if body.get("result") != "rejected":
+            print(f"canaryproxy: {exc}", file=sys.stderr)
+            return 1
+        print("reload rejected; the running config stays:", file=sys.stderr)
+        for line in body.get("errors") or [body.get("error", "")]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if ans.get("result") == "unchanged":
+        print(f"config unchanged (revision {ans.get('revision')})")
+    else:
+        print(f"config reloaded: revision {ans.get('revision')}")
+    return 0
+
+
+def explain_request(args: Namespace) -> dict:
+    """The CLI's explain options -> the POST /api/v1/explain body."""
+    target = args.target
+    headers: dict[str, str] = {}
+    if "://" in target:
+        url = urllib.parse.urlsplit(target)
+        if url.netloc:
+            headers["host"] = url.netloc
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    if not target.startswith("/"):
+        raise ClientError(f"expected a path starting with / or a URL, got {args.target!r}")
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ClientError(f"expected -H 'NAME: VALUE', got {h!r}")
+        headers[name.strip().lower()] = value.strip()
+    cookies: dict[str, str] = {}
+    for c in args.cookie:
+        name, sep, value = c.partition("=")
+        if not sep or not name.strip():
+            raise ClientError(f"expected --cookie NAME=VALUE, got {c!r}")
+        cookies[name.strip()] = value
+    return {
+        "method": args.method.upper(),
+        "path": target,
+        "headers": headers,
+        "cookies": cookies,
+        "client_ip": args.client_ip,
+    }
+
+
+def cmd_explain(args: Namespace) -> int:
+    def go(a: Namespace) -> None:
+        body = explain_request(a)
+        ans = call(a.admin, "POST", "/api/v1/explain", body)
+        if getattr(a, "json", False):
+            print(json.dumps(ans, indent=2))
+            return
+        print(format_explain(body, ans))
+
+    return _run(go, args)
+
+
+def format_explain(req: dict, ans: dict) -> str:
+    """The explain answer as a few readable lines: route, skipped routes, version."""
+    lines = [f"{req['method']} {req['path']}"]
+    for s in ans.get("skipped", []):
+        lines.append(f"  skipped route {s['route']}: {s['why']}")
+    if ans.get("route") is None:
+        lines.append("  no route matches: the answer is 404")
+        return "\n".join(lines)
+    matched = ans.get("matched") or {}
+    item = matched.get("item")
+    where = f"match[{item}]" if item is not None else "no match list"
+    conds = ", ".join(matched.get("conditions", []))
+    lines.append(f"  route {ans['route']}: {where}" + (f" ({conds})" if conds else ""))
+    lines.append(f"  version: {_pick_line(ans)}")
+    probs = ans.get("probabilities") or {}
+    shares = "  ".join(f"{s} {p * 100:.4g} %" for s, p in probs.items())
+    lines.append(f"  weights: {_fmt_weights(ans.get('weights', {}))}   shares: {shares}")
+    sticky = ans.get("sticky")
+    if sticky:
+        lines.append(f"  sticky cookie {sticky['cookie']}: {_sticky_line(sticky)}")
+    mirror = ans.get("mirror")
+    if mirror:
+        lines.append(f"  mirror: {mirror['percent']:g} % copied to {mirror['to']}")
+    return "\n".join(lines)
+
+
+def _pick_line(ans: dict) -> str:
+    subset, reason = ans.get("subset"), ans.get("reason")
+    if reason == "canary_match":
+        return f"{subset}: the canary's step match[{ans.get('canary_match')}] holds"
+    if reason == "preview":
+        return f"{subset}: the blue-green preview header names the idle version"
+    if reason == "sticky":
+        return f"{subset}: pinned by the sticky cookie"
+    split = ans.get("split") or {}
+    if reason == "hash":
+        spans = ", ".join(f"{s} {lo}-{hi}" for s, (lo, hi) in split.get("buckets", {}).items())
+        return (
+            f"{subset}: hash of {split.get('by')} {split.get('name')}={split.get('key')!r} "
+            f"is bucket {split.get('bucket')} of 10000 ({spans})"
+        )
+    if reason == "no_weight":
+        return "none: every destination has weight 0 (503)"
+    note = f"; {split['note']}" if split.get("note") else ""
+    if subset is not None:
+        return f"{subset}: the only destination with weight{note}"
+    return f"a random draw by weight, per request{note}"
+
+
+def _sticky_line(sticky: dict) -> str:
+    value = sticky.get("value")
+    text = f"sent {value!r}" if value is not None else "not sent"
+    if sticky.get("note"):
+        text += f" ({sticky['note']})"
+    if sticky.get("set_cookie"):
+        text += f"; answer sets {sticky['set_cookie']}"
+    return text

@@ -40,6 +40,11 @@ class HealthChecker:
         self._on_change = on_change
         self._tasks: dict[str, tuple[Upstream, list[asyncio.Task]]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.passed: set[tuple[str, str]] = set()  # (subset, address) with a passing probe
+
+    def probed(self) -> frozenset[str]:
+        """Subsets whose endpoints are checked (readiness waits for their first pass)."""
+        return frozenset(self._tasks)
 
     def update(self, config: Config, initially_healthy: Callable[[str, str], bool]) -> None:
         """Start, keep or restart probes to match `config`."""
@@ -60,6 +65,7 @@ class HealthChecker:
     def _cancel(self, name: str) -> None:
         for t in self._tasks.pop(name)[1]:
             t.cancel()
+        self.passed = {k for k in self.passed if k[0] != name}
 
     async def stop(self) -> None:
         tasks = [t for _, ts in self._tasks.values() for t in ts]
@@ -76,6 +82,8 @@ class HealthChecker:
         passes = fails = 0
         while True:
             ok = await self.probe(address, check)
+            if ok:
+                self.passed.add((u.name, address))
             was = healthy
             healthy, passes, fails = next_health(healthy, passes, fails, ok, check)
             if healthy != was:

@@ -90,7 +90,6 @@ async def test_weights_move_traffic_and_record_a_revision(admin: Admin) -> None:
 
 
 BAD_WEIGHTS = [
-    ("/api/v1/routes/nope/weights", b'{"v1": 1}', "unknown route"),
     ("/api/v1/routes/default/weights", b'{"v3": 1}', "no subset"),
     ("/api/v1/routes/default/weights", b'{"v1": -1, "v2": 5}', ">= 0"),
     ("/api/v1/routes/default/weights", b'{"v1": NaN, "v2": 5}', "finite"),

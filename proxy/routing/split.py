@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import floor, isfinite
@@ -128,3 +129,34 @@ def sticky_set_cookie(cookie: str, subset: str, max_age: int) -> str:
 def mirror_hit(rnd: float, percent: float) -> bool:
     """True for `percent` % of draws; reads frac(rnd * 1000), independent of the split."""
     return (rnd * 1000.0) % 1.0 * 100.0 < percent
+
+
+def weights_from_percent(current: Mapping[str, float], given: Mapping[str, float]) -> dict[str, float]:
+    """A route's new weights from a request that names some of its destinations.
+
+    `weights ROUTE v2=10` means "v2 gets 10 %": the destinations left out share what is
+    left (100 - the given sum) in proportion to their current weights, or equally when
+    those are all 0. Naming every destination sets relative weights as written (any sum
+    above 0, as in the Gateway API). ValueError, with the reason, for a name the route
+    does not have, or a given sum over 100 while some destination is left out.
+    """
+    unknown = sorted(set(given) - set(current))
+    if unknown:
+        raise ValueError(f"has no subset {', '.join(unknown)}; known: {', '.join(current)}")
+    rest = [s for s in current if s not in given]
+    if not rest:
+        return {s: float(given[s]) for s in current}
+    total = sum(given.values())
+    if total > 100:
+        named = " ".join(f"{s}={w:g}" for s, w in given.items())
+        raise ValueError(
+            f"{named} add up to {total:g} %, over 100 %, and {', '.join(rest)} would get "
+            "less than nothing; name every destination to set relative weights"
+        )
+    left = 100.0 - total
+    base = sum(current[s] for s in rest)
+    out = {s: float(given[s]) for s in given}
+    for s in rest:
+        share = left * current[s] / base if base > 0 else left / len(rest)
+        out[s] = round(share, 6)  # 100/3 is 33.333333, not a long tail of digits
+    return {s: out[s] for s in current}
