@@ -12,10 +12,11 @@ from typing import Any
 
 from proxy.headers import VIA
 
-MAX_LINE = 8192  # request line -> 414
-MAX_FIELD = 8192  # one header field -> 431
-MAX_HEADERS_TOTAL = 60 * 1024  # all header fields -> 431
-MAX_HEADERS = 100  # header count -> 431
+# Each limit is the largest value served; one over it is refused.
+MAX_LINE = 8192  # request target -> 414
+MAX_FIELD = 8192  # one field line, "name: value" -> 431
+MAX_HEADERS_TOTAL = 60 * 1024  # all field lines, each with its CRLF -> 431
+MAX_HEADERS = 100  # field lines as sent, Host and dropped names included -> 431
 
 
 class Reject(Exception):

@@ -2,8 +2,10 @@
 
 Needs no file and no other program. The rollout follows the gray-release practice of the
 seed document: an allow-list of test users first, then growing random percentages to 100 %.
-It prints one line a second (weight, per-version rps / error % / p99, phase, verdicts) and
-ends with a one-line result; exit 0 whether v2 was promoted or rolled back.
+It prints its plan (steps, checks, interval, threshold), then a line a second and one at each
+step (phase, v2's share, per-version rps / error % / p99, failed checks), and ends with a
+summary and a one-line result; exit 0 whether v2 was promoted or rolled back. No line is wider
+than MAX_COLUMNS.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from proxy.config.schema import Canary, MetricCheck, Step
 from proxy.config.validate import parse_duration
 from proxy.demo_upstream import Behaviour, Upstream
 
 TEST_USER = "test-user-001"
 TEST_USER_SHARE = 10  # every 10th request comes from the allow-listed tester
 DONE = {"Succeeded", "Failed"}
+
+STEP_WEIGHTS = tuple(range(5, 101, 5))  # after the allow-list step
+MAX_COLUMNS = 99  # every printed line fits a 100-column terminal
 
 CONFIG = """\
 # written by `canaryproxy demo`
@@ -50,31 +56,39 @@ canaries:
       progress_deadline: 1m
       steps:
         - match: [{{users: [{user}]}}]
-        - {{weight: 5}}
-        - {{weight: 10}}
-        - {{weight: 15}}
-        - {{weight: 20}}
-        - {{weight: 25}}
-        - {{weight: 30}}
-        - {{weight: 35}}
-        - {{weight: 40}}
-        - {{weight: 45}}
-        - {{weight: 50}}
-        - {{weight: 55}}
-        - {{weight: 60}}
-        - {{weight: 65}}
-        - {{weight: 70}}
-        - {{weight: 75}}
-        - {{weight: 80}}
-        - {{weight: 85}}
-        - {{weight: 90}}
-        - {{weight: 95}}
-        - {{weight: 100}}
+{weights}
       metrics:
         - {{name: request-success-rate, min: 99}}
         - {{name: error-rate, max: 1}}
         - {{name: request-duration, max: 500}}
 """
+WEIGHT_STEP = "        - {{weight: {}}}"
+
+
+def render_config(
+    listen: str, admin: str, v1: str, v2: str, interval: float, min_requests: int
+) -> str:
+    """The demo's config file."""
+    return CONFIG.format(
+        listen=listen, admin=admin, v1=v1, v2=v2, interval=f"{interval:g}", user=TEST_USER,
+        min_requests=min_requests, weights="\n".join(WEIGHT_STEP.format(w) for w in STEP_WEIGHTS),
+    )  # fmt: skip
+
+
+class Windows:
+    """Counts the analysis windows of a canary: its runner keeps the results of the last one
+    in a list it replaces once a window, and windows are at least an interval apart."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.last: list[Any] = runner.last_checks
+        self.count = 0
+
+    def see(self) -> None:
+        checks = self.runner.last_checks
+        if checks is not self.last:
+            self.last = checks
+            self.count += bool(checks)  # a new rollout clears the list: no window ran
 
 
 @dataclass
@@ -105,17 +119,148 @@ async def _one(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
             await r.read()
 
 
+# --- what the demo prints: pure functions of the canary's config and status ----------------
+
+# metric -> (how the plan names it, unit, short name for a crowded live line)
+CHECKS = {
+    "request-success-rate": ("success rate", " %", "success"),
+    "error-rate": ("error rate", " %", "errors"),
+    "request-duration": ("P99", " ms", "p99"),
+}
+
+
+def fit(*candidates: str) -> str:
+    """The first candidate no wider than MAX_COLUMNS, else the last one cut to fit."""
+    for c in candidates:
+        if len(c) <= MAX_COLUMNS:
+            return c
+    return candidates[-1][:MAX_COLUMNS]
+
+
+def plan_lines(canary: Canary, user_header: str) -> list[str]:
+    """The rollout before it starts: its steps, checks, interval and threshold."""
+    a = canary.analysis
+    n = a.threshold
+    lines = [
+        f"plan      {len(a.steps)} steps, then v2 is promoted; a step lasts at least one interval",
+        *_step_lines(a.steps, user_header),
+        f"checks    {', '.join(_limit(m) for m in a.metrics)} (on v2's traffic)",
+        f"interval  {a.interval:g}s: each window is judged; under {a.min_requests} requests "
+        "it is inconclusive and the step holds",
+        f"threshold {n}: the {_nth(n)} failed check rolls v2 back to 0 %",
+        "live      time phase step | v2 share | v1, v2: rps, 5xx %, p99 | failed checks",
+    ]
+    return [fit(ln) for ln in lines]
+
+
+def _limit(m: MetricCheck) -> str:
+    label, unit, _ = CHECKS.get(m.name, (m.name, "", ""))
+    if m.min is not None:
+        return f"{label} >= {m.min:g}{unit}"
+    return f"{label} <= {m.max:g}{unit}" if m.max is not None else label
+
+
+def _nth(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _step_lines(steps: tuple[Step, ...], user_header: str) -> list[str]:
+    """One line per allow-list or pause step; one per run of weight steps."""
+    lines: list[str] = []
+    i, testers = 0, False
+    while i < len(steps):
+        j = i
+        while _weight(steps[i]) and j + 1 < len(steps) and _weight(steps[j + 1]):
+            j += 1
+        where = f"{i + 1}-{j + 1}" if j > i else f"{i + 1}"
+        testers = testers or steps[i].match is not None
+        lines.append(fit(*(f"  {where:<8}{text}" for text in _step_text(
+            steps[i : j + 1], user_header, testers))))  # fmt: skip
+        i = j + 1
+    return lines
+
+
+def _weight(s: Step) -> bool:
+    return s.weight is not None
+
+
+def _step_text(run: tuple[Step, ...], user_header: str, testers: bool) -> list[str]:
+    """A run of steps in words, the longer way first."""
+    s = run[0]
+    if s.match is not None:
+        users = [u for r in s.match for u in sorted(r.users or ())]
+        only = "(0 % of weighted traffic)"
+        if not all(r.users for r in s.match):
+            return [f"allow-list: only matching requests reach v2 {only}"]
+        return [
+            f"allow-list: only requests with {user_header} {', '.join(users)} reach v2 {only}",
+            f"allow-list: only {len(users)} listed users reach v2 {only}",
+        ]
+    if s.pause is not None:
+        return ["pause until resumed" if s.pause == float("inf") else f"pause {s.pause:g}s"]
+    weights = [f"{st.weight:g} %" for st in run]
+    if len(weights) > 6:
+        weights = [*weights[:3], "...", *weights[-2:]]
+    keep = "; testers keep v2" if testers else ""
+    return [f"v2 at {', '.join(weights)} of weighted traffic{keep}"]
+
+
 def live_line(elapsed: float, canary: dict[str, Any], versions: dict[str, dict]) -> str:
-    """One line of the live view."""
-    parts = [f"{elapsed:5.1f}s", f"{canary['phase']:<16}", f"v2 weight {canary['weight']:5.1f}%"]
-    for v in ("v1", "v2"):
-        r = versions.get(v, {})
-        parts.append(
-            f"{v} {r.get('rps', 0):6.1f} rps {r.get('error_pct', 0):5.1f}% err "
-            f"p99 {r.get('p99_ms', 0):6.1f} ms"
-        )
-    checks = " ".join(f"{c['metric']}={c['verdict']}" for c in canary.get("last_checks", []))
-    return " | ".join(parts) + (f" | {checks}" if checks else "")
+    """One line of the live view: phase and step, v2's share, each version's numbers, and the
+    failed checks; what does not fit MAX_COLUMNS is said shorter."""
+    steps, step = canary.get("steps", []), canary.get("step", 0)
+    where = f"{step}/{len(steps)}" if step and steps else ""
+    head = f"{elapsed:4.1f}s {canary['phase']:<11} {where:>5}"
+    v1, v2 = versions.get("v1", {}), versions.get("v2", {})
+    failed = _failed(canary)
+    if _testers_only(canary):
+        testers = f"{v2.get('rps', 0):.0f} rps from testers, {_numbers(v2)}"
+        share = f"v2 0 % of weighted traffic, {testers}"
+        bodies = [f"{head} {share} | v1 {v1.get('rps', 0):6.1f} rps", f"{head} {share}"]
+        last = f"{head} v2 {testers}{failed[-1]}"
+    else:
+        share = f"v2 {canary['weight']:3.0f}%"
+        bodies = [f"{head} {share} | {_version('v1', v1)} | {_version('v2', v2)}"]
+        last = f"{head} {share} | v1 {v1.get('rps', 0):6.1f} rps | {_version('v2', v2)}{failed[-1]}"
+    return fit(*(body + checks for checks in failed for body in bodies), last)
+
+
+def _failed(canary: dict[str, Any]) -> list[str]:
+    """The failed checks of the last window, from the longest way to say it to the shortest."""
+    failed = [c["metric"] for c in canary.get("last_checks", []) if c["verdict"] == "fail"]
+    if not failed:
+        return [""]
+    short = [CHECKS.get(m, ("", "", m))[2] for m in failed]
+    return [
+        " | " + " ".join(f"{m}=fail" for m in failed),
+        " | " + " ".join(f"{m}=fail" for m in short),
+        f" | {len(failed)} checks fail",
+    ]
+
+
+def _testers_only(canary: dict[str, Any]) -> bool:
+    """In an allow-list step: no weighted traffic, only the listed users reach v2."""
+    if canary["phase"] not in ("Progressing", "Paused") or canary["weight"] > 0:
+        return False
+    return any(s["kind"] == "match" for s in canary.get("steps", [])[: canary.get("step", 0)])
+
+
+def _version(v: str, r: dict[str, Any]) -> str:
+    return f"{v} {r.get('rps', 0):6.1f} rps {_numbers(r)}"
+
+
+def _numbers(r: dict[str, Any]) -> str:
+    return f"{r.get('error_pct', 0):.1f}% {r.get('p99_ms', 0):.0f}ms"
+
+
+def summary_line(canary: dict[str, Any], elapsed: float, windows: int) -> str:
+    """`Succeeded: 21/21 steps passed, 21 checks run, 0 failed, 7.4s`."""
+    total, step = len(canary.get("steps", [])), canary.get("step", 0)
+    passed = total if canary["phase"] == "Succeeded" else max(step - 1, 0)
+    return (
+        f"summary {canary['phase']}: {passed}/{total} steps passed, "
+        f"{windows} checks run, {canary['failed_checks']} failed, {elapsed:.1f}s"
+    )
 
 
 def result_line(canary: dict[str, Any], elapsed: float, interval: float) -> str:
@@ -124,10 +269,11 @@ def result_line(canary: dict[str, Any], elapsed: float, interval: float) -> str:
         return f"promoted v2 in {elapsed:.0f}s"
     failed = [c for c in canary.get("last_checks", []) if c["verdict"] == "fail"]
     why = "; ".join(_why(c) for c in failed) or canary.get("message", "")
-    return (
-        f"rolled back v2: {why} ({canary['failed_checks']} failed checks, "
+    tail = (
+        f" ({canary['failed_checks']} failed checks, "
         f"after {elapsed:.0f}s = {elapsed / interval:.1f} intervals)"
     )
+    return fit(f"rolled back v2: {why}{tail}", f"rolled back v2: {why}")
 
 
 def _why(c: dict[str, Any]) -> str:
@@ -142,7 +288,6 @@ def _why(c: dict[str, Any]) -> str:
 class Demo:
     def __init__(self, args: Namespace, out: TextIO) -> None:
         self.args, self.out = args, out
-        self.rollback_at: float | None = None
         self.interval = parse_duration(args.interval)
         self.v1 = Upstream(Behaviour("v1"))
         self.v2 = Upstream(
@@ -163,14 +308,20 @@ class Demo:
         await self.app.start()
         self.say(
             f"proxy http://127.0.0.1:{self.app.proxy_port}  "
-            f"admin http://127.0.0.1:{self.app.admin_port}  (config {path})"
+            f"admin http://127.0.0.1:{self.app.admin_port}"
         )
+        self.say(f"config {path}")
+
+    def show_plan(self) -> None:
+        config = self.app.current_config()
+        (canary,) = config.canaries
+        for line in plan_lines(canary, config.identity.user_header):
+            self.say(line)
 
     def config_text(self) -> str:
-        return CONFIG.format(
-            listen=self.args.listen, admin=self.args.admin_listen, v1=self.v1.address,
-            v2=self.v2.address, interval=f"{self.interval:g}", user=TEST_USER,
-            min_requests=self.min_requests(),
+        return render_config(
+            self.args.listen, self.args.admin_listen, self.v1.address, self.v2.address,
+            self.interval, self.min_requests(),
         )  # fmt: skip
 
     def min_requests(self) -> int:
@@ -189,19 +340,33 @@ class Demo:
         return {v: m.version_rates("default", v) for v in ("v1", "v2")}
 
     async def watch(self, stop: asyncio.Event) -> dict[str, Any] | None:
-        """Print once a second until the rollout ends (or Ctrl-C)."""
+        """A line a second and one at each step, until the rollout ends (or Ctrl-C).
+
+        Polls several times an interval, so that no step and no analysis window goes unseen.
+        """
+        self.show_plan()
         started = time.monotonic()
-        ok, msg = await self.app.canaries.action("demo", "start")
+        _, msg = await self.app.canaries.action("demo", "start")
         self.say(f"rollout start: {msg}")
+        windows, shown, next_line = Windows(self.app.canaries.runners["demo"]), None, 0.0
+        c = self.canary()
         while not stop.is_set():
-            c = self.canary()
-            self.say(live_line(time.monotonic() - started, c, self.versions()))
+            c, now = self.canary(), time.monotonic()
+            windows.see()
+            if (c["phase"], c["step"]) != shown or now >= next_line or c["phase"] in DONE:
+                self.say(live_line(now - started, c, self.versions()))
+                shown, next_line = (c["phase"], c["step"]), now + 1.0
             if c["phase"] in DONE:
-                self.say(result_line(c, time.monotonic() - started, self.interval))
-                return c
+                break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return None
+                await asyncio.wait_for(stop.wait(), min(0.1, self.interval / 3))
+        elapsed = time.monotonic() - started
+        self.say(summary_line(c, elapsed, windows.count))
+        if c["phase"] not in DONE:
+            self.say(f"stopped at step {c['step']}/{len(c['steps'])} before the rollout ended")
+            return None
+        self.say(result_line(c, elapsed, self.interval))
+        return c
 
     async def stop(self) -> None:
         if self.app is not None:

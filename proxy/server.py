@@ -267,6 +267,7 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
         self.url = b""
         self.headers: list[hdr.Header] = []
         self.hsize = 0
+        self.fields = 0
         self.hosts = 0
         self.cl: list[bytes] = []
         self.te: list[bytes] = []
@@ -286,10 +287,12 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
         if not self.in_head:
             return  # chunked trailers are not forwarded
         self.url_done = True
-        self.hsize += len(name) + len(value) + 4
-        if len(self.headers) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
-            raise Reject("headers_too_large")
-        if self.hsize > MAX_HEADERS_TOTAL:
+        size = len(name) + len(value) + 2  # the field line "name: value"
+        self.hsize += size + 2  # and its CRLF
+        # Every field line counts, also the ones dropped below: the limits bound what the
+        # client sent, not what is forwarded.
+        self.fields += 1
+        if self.fields > MAX_HEADERS or size > MAX_FIELD or self.hsize > MAX_HEADERS_TOTAL:
             raise Reject("headers_too_large")
         lname = name.lower()
         if b"_" in lname:
