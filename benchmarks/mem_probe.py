@@ -159,8 +159,8 @@ def break_cycles() -> None:
     parser, so every closed connection (with its transport and timers) is a reference
     cycle that only a full gc collection frees.
     """
-    from proxy.dataplane_upconn import UpstreamConnection
-    from proxy.server import ClientConnection
+    from proxy.dataplane.server import ClientConnection
+    from proxy.dataplane.upconn import UpstreamConnection
 
     for cls in (ClientConnection, UpstreamConnection):
         lost = cls.connection_lost

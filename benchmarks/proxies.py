@@ -103,6 +103,7 @@ def available() -> dict[str, tuple[Starter | None, str]]:
     out["haproxy"] = (
         (start_haproxy, "") if procs.have("haproxy") else (None, "haproxy not installed")
     )
-    has_ours = (ours_src() / "proxy" / "server.py").exists()
+    src = ours_src() / "proxy"
+    has_ours = (src / "dataplane" / "server.py").exists() or (src / "server.py").exists()
     out["ours"] = (start_ours, "") if has_ours else (None, "proxy/server.py not present yet")
     return out

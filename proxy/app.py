@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from argparse import Namespace
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from proxy.admin import AdminAPI, BadInput
 from proxy.app_control import AdminControl, CanaryHostControl, check_admin, warn_restart_only
-from proxy.app_net import (
+from proxy.config.load import load_text
+from proxy.config.schema import Config
+from proxy.dataplane.health import HealthChecker
+from proxy.dataplane.upstream import Pools
+from proxy.metrics import ProxyMetrics
+from proxy.net import (
     ConfigParser,
     StartupError,
     bind,
@@ -34,13 +38,9 @@ from proxy.app_net import (
     settle_heap,
     split_listen,
 )
-from proxy.config.load import load_text
-from proxy.config.schema import Config
-from proxy.health import HealthChecker
-from proxy.metrics import ProxyMetrics
 from proxy.routing.table import BuildCache, Overrides, RoutingTable, build_table, retire
 from proxy.state import RoutingState, StateStore, match_from_json, reconcile
-from proxy.upstream import Pools
+from proxy.tasks import spawn
 
 log = logging.getLogger("canaryproxy")
 
@@ -54,7 +54,7 @@ class App(AdminControl, CanaryHostControl):
     """One proxy: data plane + admin API + controllers, started and stopped in-process.
 
     With `workers` > 1 this process is the supervisor: the data plane runs in that many
-    worker processes (proxy.workers) fed with every routing change, and `metrics` holds
+    worker processes (proxy.workers.supervisor) fed with every routing change, and `metrics` holds
     the sum of their counters.
     """
 
@@ -85,7 +85,7 @@ class App(AdminControl, CanaryHostControl):
         self.proxy_port = 0
         self.admin_port = 0
         self._hash = self._bad_hash = ""
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()  # started by `spawn`, cancelled by `stop`
         self._server: Any = None
         self._runner: web.AppRunner | None = None
         self._watcher: Any = None
@@ -109,7 +109,7 @@ class App(AdminControl, CanaryHostControl):
             await self._start_proxy(config)
         await self._start_admin(config)
         self._start_watch()
-        self._spawn(self._tick_loop(), "metrics tick")
+        self.spawn(self._tick_loop(), "metrics tick")
         settle_heap()
         if CanaryManager is not None:
             self.canaries = CanaryManager(self)
@@ -137,11 +137,11 @@ class App(AdminControl, CanaryHostControl):
             return "", "", [f"{self.config_path}: cannot read: {why}"]
 
     async def _start_proxy(self, config: Config) -> None:
-        from proxy.server import ProxyServer
+        from proxy.dataplane.server import ProxyServer
 
         access_log = None
         if config.access_log:
-            from proxy.accesslog import AccessLog
+            from proxy.dataplane.accesslog import AccessLog
 
             access_log = self._access_log = AccessLog(config.access_log)
         sock = bind(config.listen)
@@ -153,7 +153,7 @@ class App(AdminControl, CanaryHostControl):
         await self._server.start(host, port, sock=sock)
 
     async def _start_workers(self, config: Config) -> None:
-        from proxy.workers import WorkerFailed, WorkerSet
+        from proxy.workers.supervisor import WorkerFailed, WorkerSet
 
         host, port = check_free(config.listen)
         self.workers = WorkerSet(
@@ -175,7 +175,7 @@ class App(AdminControl, CanaryHostControl):
         return self.config, Overrides(self.routing.weights, self.routing.canary_match), health
 
     def _on_goals(self, events: tuple[tuple[str, str, str, str, str], ...]) -> None:
-        """A/B goal events forwarded by the workers (proxy.worker_goals)."""
+        """A/B goal events forwarded by the workers (proxy.workers.goals)."""
         if self.canaries is not None:
             for event in events:
                 self.canaries.goals.record(*event)
@@ -213,9 +213,10 @@ class App(AdminControl, CanaryHostControl):
     async def stop(self) -> None:
         if self._watcher is not None:
             await self._watcher.stop()
-        for t in self._tasks:
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.canaries is not None:
             await self.canaries.stop()
         await self.health.stop()
@@ -232,15 +233,9 @@ class App(AdminControl, CanaryHostControl):
         await asyncio.to_thread(self.store.close)
         await asyncio.to_thread(self._parser.close)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_log_crash)
-        task.add_done_callback(self._forget)
-        self._tasks.append(task)
-
-    def _forget(self, task: asyncio.Task) -> None:
-        if task in self._tasks:
-            self._tasks.remove(task)
+    def spawn(self, coro: Any, name: str) -> None:
+        """A background task of this App: cancelled by `stop`."""
+        spawn(coro, name, self._tasks)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -392,7 +387,7 @@ class App(AdminControl, CanaryHostControl):
         self.last_reload_error = None
         rev = self._record("reload")
         if self.canaries is not None:
-            self._spawn(self.canaries.sync(config), "canary sync")
+            self.spawn(self.canaries.sync(config), "canary sync")
         log.info("config reloaded: revision %d", rev["revision"])
         return {"result": "ok", "revision": rev["revision"]}
 
@@ -424,16 +419,4 @@ def _fmt(weights: dict[str, float]) -> str:
     return " ".join(f"{s}={w:g}" for s, w in weights.items())
 
 
-def _log_crash(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s crashed", task.get_name(), exc_info=task.exception())
-
-
-def run_serve(args: Namespace) -> int:
-    """`canaryproxy serve` (see proxy.app_serve)."""
-    from proxy.app_serve import run_serve as run
-
-    return run(args)
-
-
-__all__ = ["App", "StartupError", "bind", "is_loopback", "run_serve", "split_listen"]
+__all__ = ["App", "StartupError", "bind", "is_loopback", "split_listen"]

@@ -13,18 +13,18 @@ from typing import Any
 
 from proxy.admin import BadInput, NotFound, explain_args, readiness
 from proxy.config.schema import Config, MatchRule, Route
+from proxy.dataplane.upstream import Pools
 from proxy.metrics import ProxyMetrics, VersionSnapshot
 from proxy.routing.split import weights_from_percent
 from proxy.routing.table import RoutingTable
 from proxy.state import RoutingState, StateStore, file_weights, match_from_json
-from proxy.upstream import Pools
 
 log = logging.getLogger("canaryproxy")
 
 
 def check_admin(config: Config, token: str | None) -> None:
     """Refuse an admin API reachable from other hosts without a token."""
-    from proxy.app_net import StartupError, is_loopback, split_listen
+    from proxy.net import StartupError, is_loopback, split_listen
 
     host, _ = split_listen(config.admin.listen)
     if not is_loopback(host) and not token:

@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     verb = args.verb
     if verb == "serve":
-        from proxy.app import run_serve
+        from proxy.serve import run_serve
 
         return run_serve(args)
     if verb == "demo":

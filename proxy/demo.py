@@ -25,6 +25,7 @@ import aiohttp
 from proxy.config.schema import Canary, MetricCheck, Step
 from proxy.config.validate import parse_duration
 from proxy.demo_upstream import Behaviour, Upstream
+from proxy.tasks import spawn
 
 TEST_USER = "test-user-001"
 TEST_USER_SHARE = 10  # every 10th request comes from the allow-listed tester
@@ -106,7 +107,7 @@ class Load:
         while True:
             self.sent += 1
             headers = {"user-id": TEST_USER if self.sent % TEST_USER_SHARE == 0 else ""}
-            task = asyncio.create_task(_one(session, self.url, headers))
+            task = spawn(_one(session, self.url, headers), "demo request")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             next_at += gap
@@ -399,7 +400,7 @@ async def demo_main(args: Namespace, out: TextIO = sys.stdout) -> int:
                 print(f"canaryproxy demo: {exc}", file=sys.stderr)
                 return 1
             load = Load(f"http://127.0.0.1:{demo.app.proxy_port}/", args.rps)
-            load_task = asyncio.create_task(load.run(session))
+            load_task = spawn(load.run(session), "demo load")
             await demo.watch(stop)
             if args.keep_running and not stop.is_set():
                 demo.say("--keep-running: everything stays up; Ctrl-C to stop")

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from proxy.worker_counts import EMPTY_COUNTS, Counts, MergeState, SeriesCounts, new_counts
+from proxy.workers.counts import EMPTY_COUNTS, Counts, MergeState, SeriesCounts, new_counts
 
 # Seconds. Dense enough that histogram_quantile resolves a P99 from 1 ms to 10 s
 # within one bucket of about 1.5x.

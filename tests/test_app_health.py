@@ -10,7 +10,7 @@ from aiohttp import web
 from test_app_helpers import Admin, config_text, running_app, start_upstream
 
 from proxy.config.schema import HealthCheck
-from proxy.health import next_health
+from proxy.dataplane.health import next_health
 
 CHECK = HealthCheck(healthy=2, unhealthy=3)
 

@@ -1,9 +1,9 @@
 """Reload parsing off the event loop: a large file goes to the parser process and comes
 back as the same Config (or the same errors) load_text gives in-process."""
 
-from proxy.app_net import ConfigParser
 from proxy.config.load import load_text
-from proxy.worker_wire import pack_config
+from proxy.net import ConfigParser
+from proxy.workers.wire import pack_config
 
 GOOD = """\
 listen: 127.0.0.1:8080

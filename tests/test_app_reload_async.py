@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 from test_app_helpers import config_text, proxy_get, running_app, upstreams, write
 
-from proxy.app_net import build_table_stepwise
 from proxy.config.schema import Config, Destination, MatchRule, Route, StringMatch, Upstream
+from proxy.net import build_table_stepwise
 from proxy.routing.table import BuildCache, Overrides, build_table
 
 

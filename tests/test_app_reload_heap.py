@@ -10,7 +10,7 @@ import pytest
 from test_app_helpers import running_app, upstreams
 from test_app_reload_async import with_tenants
 
-from proxy.app_net import ConfigParser
+from proxy.net import ConfigParser
 
 
 @pytest.mark.parametrize("apart", [0, 1 << 30], ids=["parser-process", "thread"])

@@ -166,7 +166,7 @@ async def test_keepalive_requests_limit_closes(upstream: Upstream) -> None:
 
 
 async def test_access_log_writes_json_lines(upstream: Upstream, tmp_path) -> None:
-    from proxy.accesslog import AccessLog
+    from proxy.dataplane.accesslog import AccessLog
 
     path = tmp_path / "access.log"
     log = AccessLog(str(path))

@@ -15,7 +15,7 @@ from util_servers import (
 
 from proxy import headers as hdr
 from proxy.config.schema import HeaderOps, HeaderPolicy
-from proxy.dataplane_request import our_via
+from proxy.dataplane.request import our_via
 
 
 @pytest.mark.parametrize(

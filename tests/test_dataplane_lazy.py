@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from proxy import headers as hdr
-from proxy.dataplane_exchange import _nominated
-from proxy.dataplane_types import LazyHeaders, header_dict
+from proxy.dataplane.exchange import _nominated
+from proxy.dataplane.types import LazyHeaders, header_dict
 
 RAW = [
     (b"host", b"Host", b"example"),

@@ -14,7 +14,7 @@ from util_servers import (
     status_of,
 )
 
-from proxy.upstream import EJECT_BASE, EJECT_MAX, Pools
+from proxy.dataplane.upstream import EJECT_BASE, EJECT_MAX, Pools
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

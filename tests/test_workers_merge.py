@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config.load import load_text
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
-from proxy.worker_wire import Report, State, frame, pack_config, read_frame, unpack_config
+from proxy.workers.wire import Report, State, frame, pack_config, read_frame, unpack_config
 
 
 def _worker(requests: list[tuple[str, int, float]]) -> ProxyMetrics:
@@ -113,7 +113,7 @@ routes:
 
 
 def test_goal_relay_forwards_each_user_once_per_report_and_only_for_goal_routes() -> None:
-    from proxy.worker_goals import GoalRelay
+    from proxy.workers.goals import GoalRelay
 
     text = """\
 listen: 127.0.0.1:0

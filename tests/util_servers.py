@@ -22,12 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.accesslog import AccessLog
 from proxy.config.load import load_text
 from proxy.config.schema import Config
+from proxy.dataplane.accesslog import AccessLog
+from proxy.dataplane.server import ProxyServer
+from proxy.dataplane.upstream import Pools
 from proxy.routing.table import build_table
-from proxy.server import ProxyServer
-from proxy.upstream import Pools
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

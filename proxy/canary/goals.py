@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from proxy.canary.judge import normal_sf
 from proxy.config.schema import Canary, Config, Goal
+from proxy.routing.split import key_source, user_key
+
+__all__ = ["GoalTracker", "goal_result", "key_source", "user_key", "wilson"]
 
 MAX_USERS = 200_000  # per (route, version) set: bounds memory on a busy route
 
@@ -145,34 +148,3 @@ class GoalTracker:
 def _add(s: set[str], key: str) -> None:
     if len(s) < MAX_USERS:
         s.add(key)
-
-
-def key_source(config: Config, route: str) -> tuple[str, str]:
-    """Who "a user" is on this route: its split key, else its sticky cookie, else the
-    identity user header (the same key that keeps a user on one version)."""
-    r = config.route(route)
-    if r is not None and r.split.by in ("header", "cookie"):
-        return r.split.by, r.split.name.lower() if r.split.by == "header" else r.split.name
-    if r is not None and r.split.by == "source_ip":
-        return "source_ip", ""
-    if r is not None and r.sticky is not None:
-        return "cookie", r.sticky.cookie
-    return "header", config.identity.user_header.lower()
-
-
-def user_key(source: tuple[str, str], headers: Mapping[str, str], client_ip: str) -> str:
-    """The user key of one request; "" when the request carries none."""
-    kind, name = source
-    if kind == "header":
-        return headers.get(name, "")
-    if kind == "cookie":
-        return cookie(headers.get("cookie", ""), name)
-    return client_ip
-
-
-def cookie(header: str, name: str) -> str:
-    for part in header.split(";"):
-        k, _, v = part.strip().partition("=")
-        if k == name:
-            return v.strip('"')
-    return ""

@@ -23,6 +23,7 @@ from proxy.canary.goals import GoalTracker
 from proxy.canary.machine import Phase, Settings, State
 from proxy.canary.providers import PrometheusProvider
 from proxy.config.schema import Canary, Config, MatchRule
+from proxy.tasks import spawn
 
 if TYPE_CHECKING:
     from proxy.metrics import ProxyMetrics, VersionSnapshot
@@ -91,8 +92,7 @@ class CanaryRunner:
         else:
             self.state = State(revision=fp, message="waiting for a rollout start or a new revision")
             self._converge("init")
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.canary.name)
-        self._task.add_done_callback(_log_crash)
+        self._task = spawn(self._loop(), f"canary {self.canary.name}")
 
     def update(self, config: Config, canary: Canary) -> None:
         """A reload: new settings; a changed revision or endpoints starts a new rollout."""
@@ -343,7 +343,3 @@ def _iso(t: float | None) -> str | None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception():
-        log.error("canary runner %s crashed", task.get_name(), exc_info=task.exception())

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from proxy.config.schema import Alert, Webhook
+from proxy.tasks import spawn
 
 log = logging.getLogger("canaryproxy.canary")
 
@@ -75,9 +76,7 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def fire(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name="canary-notify")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(coro, "canary-notify", self._tasks)
 
     def alert(self, alerts: Iterable[Alert], text: str) -> None:
         for a in alerts:

@@ -22,6 +22,8 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from proxy.tasks import spawn
+
 log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[float, int, int] | None, ...]
@@ -70,9 +72,7 @@ class ConfigWatcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"config-watch:{self.path}"
-            )
+            self._task = spawn(self._run(), f"config-watch:{self.path}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -7,12 +7,12 @@ The answer is JSON-able (str, float, int, bool, None, lists, dicts) for `POST /a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxy.routing.match import CompiledRule, Request, with_cookies
+from proxy.routing.route import CompiledRoute, split_key_value
 from proxy.routing.split import bucket_of, pick_hash, probabilities
-from proxy.routing.table import CompiledRoute, RoutingTable, split_key_value
 
 
 def _route_match(cr: CompiledRoute, req: Request) -> tuple[dict[str, Any] | None, str]:
@@ -109,7 +109,7 @@ def _route_answer(cr: CompiledRoute, req: Request, matched: dict[str, Any]) -> d
 
 
 def explain_request(
-    table: RoutingTable,
+    routes: Sequence[CompiledRoute],
     method: str,
     target: str,
     headers: Mapping[str, str],
@@ -122,7 +122,7 @@ def explain_request(
     if cookies:
         with_cookies(req, cookies)
     skipped: list[dict[str, str]] = []
-    for cr in table.routes:
+    for cr in routes:
         matched, why = _route_match(cr, req)
         if matched is None:
             skipped.append({"route": cr.name, "why": why})

@@ -30,6 +30,9 @@ from math import floor, isfinite
 
 import mmh3
 
+from proxy.config.schema import Config
+from proxy.routing.match import parse_cookies
+
 BUCKETS = 10_000
 
 
@@ -160,3 +163,29 @@ def weights_from_percent(current: Mapping[str, float], given: Mapping[str, float
         share = left * current[s] / base if base > 0 else left / len(rest)
         out[s] = round(share, 6)  # 100/3 is 33.333333, not a long tail of digits
     return {s: out[s] for s in current}
+
+
+# -- the user key: who 'a user' is on a route, for A/B goals ---------------------------
+
+
+def key_source(config: Config, route: str) -> tuple[str, str]:
+    """Who "a user" is on this route: its split key, else its sticky cookie, else the
+    identity user header (the same key that keeps a user on one version)."""
+    r = config.route(route)
+    if r is not None and r.split.by in ("header", "cookie"):
+        return r.split.by, r.split.name.lower() if r.split.by == "header" else r.split.name
+    if r is not None and r.split.by == "source_ip":
+        return "source_ip", ""
+    if r is not None and r.sticky is not None:
+        return "cookie", r.sticky.cookie
+    return "header", config.identity.user_header.lower()
+
+
+def user_key(source: tuple[str, str], headers: Mapping[str, str], client_ip: str) -> str:
+    """The user key of one request; "" when the request carries none."""
+    kind, name = source
+    if kind == "header":
+        return headers.get(name, "")
+    if kind == "cookie":  # the split's own parser: the A/B user is the user the split pinned
+        return parse_cookies(headers.get("cookie")).get(name, "")
+    return client_ip

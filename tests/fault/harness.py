@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def proxy_available() -> bool:
-    """True once the data plane exists: `serve` imports proxy.app.run_serve."""
+    """True once the data plane exists: `serve` runs proxy.app.App."""
     import importlib.util
 
     return importlib.util.find_spec("proxy.app") is not None

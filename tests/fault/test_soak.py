@@ -44,8 +44,8 @@ def test_soak_60s() -> None:
 async def test_closed_connections_need_no_cycle_collection(tmp_path: Path) -> None:
     require_proxy()
     from proxy.app import App
-    from proxy.dataplane_upconn import UpstreamConnection
-    from proxy.server import ClientConnection
+    from proxy.dataplane.server import ClientConnection
+    from proxy.dataplane.upconn import UpstreamConnection
 
     up = UpstreamProcess("v1", tmp_path / "v1.jsonl").start()
     config = tmp_path / "proxy.yaml"

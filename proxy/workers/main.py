@@ -1,4 +1,4 @@
-"""One data-plane worker of `serve --workers N`: `python -m proxy.worker_main --fd FD`.
+"""One data-plane worker of `serve --workers N`: `python -m proxy.workers.main --fd FD`.
 
 The supervisor starts it with one end of a socketpair as FD. The worker listens on the
 shared port with SO_REUSEPORT (the kernel spreads new connections over the workers),
@@ -23,7 +23,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy.app_net import (
+from proxy.config.schema import Config
+from proxy.dataplane.upstream import Pools
+from proxy.metrics import ProxyMetrics
+from proxy.net import (
     StartupError,
     bind,
     build_table_stepwise,
@@ -31,12 +34,10 @@ from proxy.app_net import (
     settle_heap,
     tune_malloc,
 )
-from proxy.config.schema import Config
-from proxy.metrics import ProxyMetrics
 from proxy.routing.table import BuildCache, RoutingTable, retire
-from proxy.upstream import Pools
-from proxy.worker_goals import GoalRelay
-from proxy.worker_wire import (
+from proxy.tasks import spawn
+from proxy.workers.goals import GoalRelay
+from proxy.workers.wire import (
     REPORT_EVERY,
     Ready,
     Report,
@@ -93,11 +94,11 @@ class Worker:
             keep_config()  # a new config after startup (settle_heap froze the first)
 
     async def listen(self, host: str, port: int) -> int:
-        from proxy.server import ProxyServer
+        from proxy.dataplane.server import ProxyServer
 
         assert self.config is not None and self.pools is not None
         if self.config.access_log:
-            from proxy.accesslog import AccessLog
+            from proxy.dataplane.accesslog import AccessLog
 
             self.access_log = AccessLog(self.config.access_log)
         self.server = ProxyServer(
@@ -173,8 +174,8 @@ async def run(fd: int) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = [
-        asyncio.create_task(worker.report_loop(stop), name="worker report"),
-        asyncio.create_task(worker.read_loop(reader, stop), name="worker state"),
+        spawn(worker.report_loop(stop), "worker report"),
+        spawn(worker.read_loop(reader, stop), "worker state"),
     ]
     await stop.wait()
     await _drain(worker)

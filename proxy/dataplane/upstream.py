@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from proxy.config.schema import Config, Upstream
-from proxy.dataplane_upconn import UpstreamConnection
+from proxy.dataplane.upconn import Endpoint, UpstreamConnection
+from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -34,37 +35,6 @@ AcquireCallback = Callable[["UpstreamConnection | None", "Endpoint | None", str]
 
 class Metrics(Protocol):
     def upstream_error(self, version: str, reason: str) -> None: ...
-
-
-class Endpoint:
-    """One host:port of a Subset, with its health and its idle connections (LIFO)."""
-
-    __slots__ = (
-        "address",
-        "host",
-        "port",
-        "healthy",
-        "ejected_until",
-        "failures",
-        "ejections",
-        "idle",
-        "active",
-    )
-
-    def __init__(self, address: str, healthy: bool = True) -> None:
-        self.address = address
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.healthy = healthy
-        self.ejected_until = 0.0
-        self.failures = 0
-        self.ejections = 0
-        self.idle: list[UpstreamConnection] = []
-        self.active = 0
-
-    def ejected(self, now: float) -> bool:
-        return self.ejected_until > now
 
 
 class UpstreamPool:
@@ -178,8 +148,7 @@ class UpstreamPool:
     def _connect(self, ep: Endpoint, cb: AcquireCallback) -> None:
         self.connections += 1
         ep.active += 1
-        task = self._loop.create_task(self._open(ep, cb))
-        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task = spawn(self._open(ep, cb), f"connect {ep.address}", self._tasks)
         task.add_done_callback(self._opened)
 
     def _opened(self, task: asyncio.Task) -> None:

@@ -4,7 +4,7 @@ A `ClientConnection` parses requests, enforces the request limits and framing ru
 (RELIABILITY.md rows 1-7, 15-21, 30) before anything is forwarded, and keeps the pipeline in
 order: each request becomes an `Exchange`; only the first one in the queue talks upstream, the
 others wait with client reads paused. One lazy timer per connection watches the idle,
-request-head and response-head deadlines (`proxy.dataplane_timers`).
+request-head and response-head deadlines (`proxy.dataplane.timers`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import httptools
 
 from proxy import headers as hdr
-from proxy.accesslog import AccessLog
 from proxy.config.schema import Limits
-from proxy.dataplane_errors import CLOSING
-from proxy.dataplane_exchange import Exchange
-from proxy.dataplane_request import (
+from proxy.dataplane.accesslog import AccessLog
+from proxy.dataplane.errors import CLOSING
+from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.request import (
     HOST,
     MAX_FIELD,
     MAX_HEADERS,
@@ -39,9 +39,9 @@ from proxy.dataplane_request import (
     origin_form,
     our_via,
 )
-from proxy.dataplane_timers import ClientTimers
-from proxy.dataplane_types import Goals, LazyHeaders, Metrics, header_dict
-from proxy.upstream import Pools
+from proxy.dataplane.timers import ClientTimers
+from proxy.dataplane.types import Goals, LazyHeaders, Metrics, header_dict
+from proxy.dataplane.upstream import Pools
 
 BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
 
@@ -49,7 +49,7 @@ BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
 BACKLOG = 1024  # as the listen sockets the app binds itself
 
 
-class ClientConnection(ClientTimers, asyncio.Protocol):
+class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.loop = server.loop
@@ -350,7 +350,7 @@ class ClientConnection(ClientTimers, asyncio.Protocol):
             raise Stop
 
     def _request(self) -> tuple[Any, ...]:
-        """The parsed request, as `proxy.dataplane_request.REQUEST_FIELDS`."""
+        """The parsed request, as `proxy.dataplane.request.REQUEST_FIELDS`."""
         p = self.parser
         method = p.get_method()
         http10 = p.get_http_version() == "1.0"

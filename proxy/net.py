@@ -16,7 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from proxy.config.load import load_text
 from proxy.config.schema import Config
 from proxy.routing.table import BuildCache, Overrides, RoutingTable, iter_build_table
-from proxy.worker_wire import PackedConfig, pack_config, remember, unpack_config
+from proxy.workers.wire import PackedConfig, pack_config, remember, unpack_config
 
 # A build yields the loop after this much work: requests wait at most about this long.
 BUILD_SLICE = 0.002

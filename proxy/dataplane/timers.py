@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 from proxy.config.schema import Limits
-
-if TYPE_CHECKING:
-    from proxy.dataplane_exchange import Exchange
+from proxy.dataplane.types import TimedExchange
 
 LINGER = 5.0  # seconds an error-closed connection drains the client's unread bytes
 
 
-class ClientTimers:
+E = TypeVar("E", bound=TimedExchange)
+
+
+class ClientTimers(Generic[E]):
     """Deadline handling of a client connection; the state lives on the connection."""
 
     # Set by ClientConnection.__init__ (declared here for the type checker).
@@ -28,8 +29,8 @@ class ClientTimers:
     loop: asyncio.AbstractEventLoop
     limits: Limits
     transport: asyncio.Transport
-    queue: deque[Exchange]
-    parsing: Exchange | None
+    queue: deque[E]
+    parsing: E | None
     in_head: bool
     closing: bool
     closed: bool
@@ -38,7 +39,7 @@ class ClientTimers:
     deadline_kind: str | None
     deadline: float
     period: float
-    resp_ex: Exchange | None
+    resp_ex: E | None
     resp_deadline: float
     body_timer: asyncio.TimerHandle | None
     last_body: float
@@ -79,7 +80,7 @@ class ClientTimers:
         if self.timer is None and kind is not None:
             self.timer = self.loop.call_later(min(seconds, self.period), self._tick)
 
-    def watch_response(self, ex: Exchange, deadline: float) -> None:
+    def watch_response(self, ex: E, deadline: float) -> None:
         """`ex` times out at `deadline` (loop time) unless `unwatch_response` comes first.
 
         The connection's one lazy timer serves this too: a keep-alive connection whose

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.dataplane_upconn import UpstreamConnection
-from proxy.upstream import Endpoint, UpstreamPool
+from proxy.dataplane.upconn import UpstreamConnection
+from proxy.dataplane.upstream import Endpoint, UpstreamPool
 
 
 class MirrorExchange:

@@ -10,7 +10,7 @@ import time
 from argparse import Namespace
 
 from proxy.app import App
-from proxy.app_net import StartupError, tune_malloc
+from proxy.net import StartupError, tune_malloc
 
 log = logging.getLogger("canaryproxy")
 
@@ -65,7 +65,7 @@ async def _serve(
 
 
 def _reload_on_hup(app: App) -> None:
-    app._spawn(_hup_reload(app), "SIGHUP reload")
+    app.spawn(_hup_reload(app), "SIGHUP reload")
 
 
 async def _hup_reload(app: App) -> None:

@@ -10,12 +10,9 @@ unusable: it is closed, never reused.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httptools
-
-if TYPE_CHECKING:
-    from proxy.upstream import Endpoint, UpstreamPool
 
 MAX_RESPONSE_HEADERS = 100
 BODY_IDLE_TIMEOUT = 60.0
@@ -42,12 +39,52 @@ class Handler(Protocol):
     def up_resume(self) -> None: ...
 
 
+class ConnPool(Protocol):
+    """What a connection needs of the pool that opened it (dataplane.upstream.UpstreamPool)."""
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
+
+
+class Endpoint:
+    """One host:port of a Subset, with its health and its idle connections (LIFO)."""
+
+    __slots__ = (
+        "address",
+        "host",
+        "port",
+        "healthy",
+        "ejected_until",
+        "failures",
+        "ejections",
+        "idle",
+        "active",
+    )
+
+    def __init__(self, address: str, healthy: bool = True) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.healthy = healthy
+        self.ejected_until = 0.0
+        self.failures = 0
+        self.ejections = 0
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+
 class _Abort(Exception):
     """Raised inside parser callbacks to stop parsing a broken response."""
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
+    def __init__(self, pool: ConnPool, endpoint: Endpoint) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.loop = pool._loop  # made inside the running loop (UpstreamPool._open)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from proxy.canary.goals import key_source, user_key
 from proxy.config.schema import Config
+from proxy.routing.split import key_source, user_key
 
 GoalEvent = tuple[str, str, str, str, str]  # route, version, method, path, user key
 MAX_PENDING = 100_000  # per report; the supervisor keeps at most goals.MAX_USERS per set

@@ -1,6 +1,6 @@
 """The supervisor's side of `serve --workers N`: start, feed, watch and stop the workers.
 
-Each worker is `python -m proxy.worker_main` (a fresh interpreter: nothing is forked from
+Each worker is `python -m proxy.workers.main` (a fresh interpreter: nothing is forked from
 a running event loop) with one end of a socketpair. The supervisor pushes the routing
 State on every change, merges the workers' counter reports into its own ProxyMetrics,
 and restarts a worker that dies, with a back-off that doubles up to MAX_BACKOFF while
@@ -22,8 +22,9 @@ import proxy
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
-from proxy.worker_goals import GoalEvent
-from proxy.worker_wire import Ready, Report, State, frame, pack_config, read_frame
+from proxy.tasks import spawn
+from proxy.workers.goals import GoalEvent
+from proxy.workers.wire import Ready, Report, State, frame, pack_config, read_frame
 
 log = logging.getLogger("canaryproxy")
 
@@ -75,15 +76,13 @@ class WorkerSet:
         self._config: Config | None = None
         self._config_id = 0
         self._publish_due = False
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int, timeout: float = 30.0) -> None:
         """Start every worker and wait until each listens; WorkerFailed if one cannot."""
         self.host, self.port = host, port
         for slot in self.slots:
-            task = asyncio.create_task(self._supervise(slot), name=f"worker {slot.index}")
-            task.add_done_callback(_log_crash)
-            self._tasks.append(task)
+            spawn(self._supervise(slot), f"worker {slot.index}", self._tasks)
         waits = [asyncio.ensure_future(self._started(s)) for s in self.slots]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
@@ -159,7 +158,7 @@ class WorkerSet:
         root = os.path.dirname(os.path.dirname(os.path.abspath(proxy.__file__)))
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.worker_main", "--fd", str(fd),
+            sys.executable, "-m", "proxy.workers.main", "--fd", str(fd),
             "--log-level", self.log_level,
             pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": path},
@@ -250,11 +249,6 @@ class WorkerSet:
 
     def alive(self) -> int:
         return sum(1 for s in self.status() if s["alive"])
-
-
-def _log_crash(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s: supervision crashed", task.get_name(), exc_info=task.exception())
 
 
 def _describe(code: int) -> str:

@@ -1,7 +1,7 @@
 """Request-head rules of the client side that need no connection state.
 
 Limits (RELIABILITY.md rows 1-3), the framing checks llhttp leaves to us (rows 15-20),
-absolute-form targets, request ids. Used by `proxy.server.ClientConnection`.
+absolute-form targets, request ids. Used by `proxy.dataplane.server.ClientConnection`.
 """
 
 from __future__ import annotations

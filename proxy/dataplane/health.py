@@ -16,6 +16,7 @@ from collections.abc import Callable
 import aiohttp
 
 from proxy.config.schema import Config, HealthCheck, Upstream
+from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[str, str, bool], None]  # (subset, address, healthy)
@@ -58,9 +59,7 @@ class HealthChecker:
                 self._tasks[name] = (u, tasks)
 
     def _spawn(self, u: Upstream, address: str, healthy: bool) -> asyncio.Task:
-        task = asyncio.create_task(self._probe_loop(u, address, healthy), name=f"health {address}")
-        task.add_done_callback(_log_crash)
-        return task
+        return spawn(self._probe_loop(u, address, healthy), f"health {u.name} {address}")
 
     def _cancel(self, name: str) -> None:
         for t in self._tasks.pop(name)[1]:
@@ -107,7 +106,3 @@ class HealthChecker:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-
-def _log_crash(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("health check task %s crashed", task.get_name(), exc_info=task.exception())

@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.config.schema import Config
 from proxy.routing.table import Overrides
-from proxy.worker_counts import Counts
+from proxy.workers.counts import Counts
 
 REPORT_EVERY = 0.25  # seconds; the controller and /metrics lag the data plane by at most this
 _HEAD = struct.Struct("!I")

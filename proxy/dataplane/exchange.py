@@ -15,15 +15,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from proxy import headers as hdr
-from proxy.dataplane_errors import CLOSING, ERRORS, error_response, status_line
-from proxy.dataplane_mirror import MirrorExchange
-from proxy.dataplane_upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
-from proxy.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
+from proxy.dataplane.errors import CLOSING, ERRORS, error_response, status_line
+from proxy.dataplane.mirror import MirrorExchange
+from proxy.dataplane.types import Client
+from proxy.dataplane.upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
+from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.config.schema import HeaderPolicy
     from proxy.routing.table import CompiledRoute
-    from proxy.server import ClientConnection
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so that a retry can resend it
@@ -84,12 +84,12 @@ class Exchange:
         "error",
     )
 
-    def __init__(self, client: ClientConnection, req: tuple) -> None:
+    def __init__(self, client: Client, req: tuple) -> None:
         self.client = client
         self.loop = client.loop
         self.t0 = self.loop.time()
         self.seq = client.requests  # position on its client connection
-        # req: see proxy.dataplane_request.REQUEST_FIELDS (a tuple: cheaper than a dict here)
+        # req: see proxy.dataplane.request.REQUEST_FIELDS (a tuple: cheaper than a dict here)
         (
             self.method,
             self.target,

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from proxy import headers as hdr
+
+
+class Client(Protocol):
+    """What an exchange needs of its client connection (dataplane.server.ClientConnection).
+
+    The exchange and the connection call each other; this protocol lets the exchange
+    name the connection without importing the server module."""
+
+    server: Any
+    loop: asyncio.AbstractEventLoop
+    requests: int
+    write_paused: bool
+    corked: list[bytes] | None
+    resp_ex: Any
+
+    def write(self, data: bytes) -> None: ...
+    def writelines(self, parts: list[bytes]) -> None: ...
+    def uncork(self) -> None: ...
+    def abort(self) -> None: ...
+    def block_read(self, bit: int) -> None: ...
+    def unblock_read(self, bit: int) -> None: ...
+    def must_close(self, ex: Any) -> bool: ...
+    def finished(self, ex: Any) -> None: ...
+    def watch_response(self, ex: Any, deadline: float) -> None: ...
+
+
+class TimedExchange(Protocol):
+    """What the client's deadlines call on an exchange (dataplane.exchange.Exchange)."""
+
+    def response_timeout(self) -> None: ...
+    def client_error(self, reason: str) -> None: ...
 
 
 class Metrics(Protocol):

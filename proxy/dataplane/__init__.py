@@ -1,0 +1,1 @@
+"""The data plane: client connections, exchanges, upstream pools, health, access log."""

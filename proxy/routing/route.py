@@ -1,0 +1,131 @@
+"""A compiled route and the pick inside it: `choose(route, request, draw) -> Decision`.
+
+The order of the pick is the table's (see proxy.routing.table); `explain` reads the same
+fields without a draw. Kept apart from the table so that explain and the table share it
+without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config.schema import Fault, HeaderPolicy, Retries, Route
+from proxy.routing.match import Check, CompiledRule, Request
+from proxy.routing.split import Weighted, bucket_of, mirror_hit, pick_hash, pick_random
+
+# Decision.reason values: how the subset was picked.
+WEIGHTS, HASH, STICKY, PREVIEW, CANARY_MATCH, NO_WEIGHT, NO_ROUTE = (
+    "weights",
+    "hash",
+    "sticky",
+    "preview",
+    "canary_match",
+    "no_weight",
+    "no_route",
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class CompiledRoute:
+    """One route with everything `decide` needs precomputed. Hashed and compared by identity."""
+
+    name: str
+    service: str
+    timeout: float
+    retries: Retries
+    fault: Fault | None
+    max_body: int
+    headers: HeaderPolicy
+    dest_headers: dict[str, HeaderPolicy]
+    route: Route
+    rules: tuple[CompiledRule, ...]
+    weighted: Weighted
+    live: frozenset[str]  # subsets with weight > 0
+    split_by: str  # random | header | cookie | source_ip
+    split_key: str  # header name (lower-case) or cookie name
+    sticky_cookie: str | None
+    set_cookies: dict[str, str]  # subset -> Set-Cookie value
+    idle: str | None  # preview target
+    preview: tuple[str, str] | None  # (lower-case header, value)
+    mirror_to: str | None
+    mirror_percent: float
+    canary_subset: str | None
+    canary_rules: tuple[CompiledRule, ...]
+    test: Check | None  # the whole match list as one callable; None: every request
+    canary_test: Check | None
+    # (header, value) keys when every match item is one exact-header condition: the table
+    # finds this route by hash lookup instead of running `test`. None: not indexed.
+    index_keys: tuple[tuple[str, str], ...] | None
+    # Decisions are immutable and drawn from a small set per route: built once, then shared
+    # (a frozen dataclass costs ~0.4 us to construct).
+    decisions: dict[tuple[str | None, str | None, str | None, str], Decision]
+
+    def decision(
+        self, subset: str | None, cookie: str | None, mirror: str | None, reason: str
+    ) -> Decision:
+        key = (subset, cookie, mirror, reason)
+        d = self.decisions.get(key)
+        if d is None:
+            d = self.decisions[key] = Decision(self, subset, cookie, mirror, reason)
+        return d
+
+    def __repr__(self) -> str:
+        return f"CompiledRoute({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: CompiledRoute | None  # None -> 404 no_route
+    subset: str | None  # None with a route -> 503 (no weight)
+    set_cookie: str | None  # a full Set-Cookie value for sticky, or None
+    mirror: str | None  # subset to mirror this request to, or None
+    reason: str  # how the subset was picked (the constants above)
+
+
+NOT_FOUND = Decision(None, None, None, None, NO_ROUTE)
+def split_key_value(cr: CompiledRoute, req: Request) -> str | None:
+    """The hash key of this request, or None (random split or key missing)."""
+    by = cr.split_by
+    if by == "header":
+        return req.headers.get(cr.split_key)
+    if by == "cookie":
+        return req.cookies().get(cr.split_key)
+    if by == "source_ip":
+        return req.client_ip or None
+    return None
+
+
+def _split(cr: CompiledRoute, req: Request, rnd: float) -> tuple[str | None, str]:
+    key = split_key_value(cr, req)
+    if key is not None:
+        subset = pick_hash(cr.weighted, bucket_of(cr.name, key))
+    else:
+        subset = pick_random(cr.weighted, rnd)
+    if subset is None:
+        return None, NO_WEIGHT
+    return subset, HASH if key is not None else WEIGHTS
+
+
+def _mirror(cr: CompiledRoute, subset: str | None, rnd: float) -> str | None:
+    to = cr.mirror_to
+    if to is None or subset is None or subset == to:
+        return None
+    return to if mirror_hit(rnd, cr.mirror_percent) else None
+
+
+def choose(cr: CompiledRoute, req: Request, rnd: float) -> Decision:
+    """Pick the subset inside a matched route (order in the module docstring)."""
+    if cr.canary_test is not None and cr.canary_test(req):
+        sub = cr.canary_subset
+        return cr.decision(sub, None, _mirror(cr, sub, rnd), CANARY_MATCH)
+    if cr.preview is not None and cr.idle is not None:
+        if req.headers.get(cr.preview[0]) == cr.preview[1]:
+            return cr.decision(cr.idle, None, None, PREVIEW)
+    pinned = None
+    if cr.sticky_cookie is not None:
+        pinned = req.cookies().get(cr.sticky_cookie)
+        if pinned in cr.live:
+            return cr.decision(pinned, None, _mirror(cr, pinned, rnd), STICKY)
+    subset, reason = _split(cr, req, rnd)
+    cookie = cr.set_cookies.get(subset) if subset is not None and subset != pinned else None
+    return cr.decision(subset, cookie, _mirror(cr, subset, rnd), reason)
