@@ -30,7 +30,7 @@ async def test_revisions_and_weights_survive_a_restart(tmp_path) -> None:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(config_text(p1, p2, 100, 0))
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
-            await Admin(s, app).call("PUT", "/api/v1/routes/default/weights", {"v2": 1})
+            await Admin(s, app).call("PUT", "/api/v1/routes/default/weights", {"v1": 0, "v2": 1})
             app.save_canary_state("default", {"phase": "Progressing", "step": 3})
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
             assert await proxy_get(s, app) == (200, "v2")
