@@ -56,6 +56,7 @@ class Controller(Protocol):
     def token(self) -> str: ...
     def ready(self) -> tuple[bool, str]: ...
     def status(self) -> dict: ...
+    def series(self) -> dict: ...  # the shape is documented at ProxyMetrics.series
     async def reload_async(self) -> dict: ...
     def set_weights(self, route: str, weights: dict[str, float]) -> dict: ...
     def switch(self, route: str, subset: str) -> dict: ...
@@ -311,6 +312,7 @@ class AdminAPI:
         r.add_get("/metrics", self.metrics)
         r.add_get("/", self.dashboard)
         r.add_get("/api/v1/status", self.status)
+        r.add_get("/api/v1/series", self.series)
         r.add_post("/api/v1/reload", self.reload)
         r.add_put("/api/v1/routes/{route}/weights", self.weights)
         r.add_post("/api/v1/routes/{route}/switch", self.switch)
@@ -341,6 +343,9 @@ class AdminAPI:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.ctl.status())
+
+    async def series(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ctl.series())
 
     async def reload(self, request: web.Request) -> web.Response:
         await read_json(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -39,6 +40,7 @@ async def test_probes_and_metrics_need_no_token(admin: Admin) -> None:
 async def test_everything_else_needs_the_token(admin: Admin, token: str) -> None:
     for method, path in [
         ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/series"),
         ("POST", "/api/v1/explain"),
         ("GET", "/api/v1/history"),
         ("POST", "/api/v1/reload"),
@@ -64,6 +66,35 @@ async def test_status_shows_routes_weights_upstreams(admin: Admin) -> None:
     assert route["name"] == "default" and route["weights"] == {"v1": 90.0, "v2": 10.0}
     assert set(route["versions"]) == {"v1", "v2"}
     assert {u["name"] for u in st["upstreams"]} == {"v1", "v2"}
+
+
+async def test_series_serve_the_samples_the_app_ticks_record(admin: Admin) -> None:
+    app = admin.app  # type: ignore[attr-defined]
+    started = time.time()
+    await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v1"})
+    for _ in range(30):
+        assert await proxy_get(admin.s, app) == (200, "v1")
+    await admin.call("POST", "/api/v1/routes/default/switch", {"to": "v2"})
+    for _ in range(10):
+        assert await proxy_get(admin.s, app) == (200, "v2")
+    # the app ticks once a second and samples every fifth tick
+    deadline = time.monotonic() + 20
+    while True:
+        status, body = await admin.call("GET", "/api/v1/series")
+        assert status == 200 and isinstance(body, dict)
+        if any(s["points"] for s in body["series"]):
+            break
+        assert time.monotonic() < deadline, "no sample in the series"
+        await asyncio.sleep(0.2)
+    assert (body["interval_s"], body["window_s"]) == (5.0, 900.0)
+    assert started <= body["now"] <= time.time() + 0.001  # rounded to the millisecond
+    first = {s["version"]: s["points"][0] for s in body["series"] if s["route"] == "default"}
+    assert set(first) == {"v1", "v2"}
+    (t, rps1, err1, p99_1), (t2, rps2, err2, p99_2) = first["v1"], first["v2"]
+    assert t == t2 and started <= t <= body["now"]
+    assert rps2 > 0 and rps1 / rps2 == pytest.approx(3.0, rel=0.02)  # one window, 30 and 10
+    assert err1 == err2 == 0.0
+    assert p99_1 > 0 and p99_2 > 0
 
 
 async def test_mutations_only_by_post_or_put(admin: Admin) -> None:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from proxy.app import App
 from proxy.demo_upstream import Behaviour, Upstream
+from proxy.metrics import SeriesRing
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
@@ -70,6 +71,10 @@ class WebDriver:
 
     def console(self) -> list[dict]:
         return self.cmd("POST", "/se/log", {"type": "browser"})
+
+    def script(self, js: str) -> Any:
+        """Run `js` in the page and return its value: several reads of one rendering."""
+        return self.cmd("POST", "/execute/sync", {"script": js, "args": []})
 
 
 def _free_port() -> int:
@@ -294,7 +299,7 @@ async def test_token_is_asked_once_and_sent_with_every_call(
         lambda: browser.text(card + " .phase") == "Progressing", "started from the page"
     )
     assert await asyncio.to_thread(browser.alert_text) is None  # asked once only
-    # the one expected console entry is the first, unauthenticated status request
+    # the one expected console entry is the first, unauthenticated request
     assert _severe(await asyncio.to_thread(browser.console), allow="401") == []
 
 
@@ -320,9 +325,14 @@ async def sparse_status() -> AsyncIterator[str]:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(body)
 
+    async def series(_: web.Request) -> web.Response:
+        return web.json_response({"series": [5, {"route": "bare"}, {"route": "bare", "version": "v1",
+                                  "points": [[1, 2], "x", [None]]}]})  # fmt: skip
+
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/series", series)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -340,4 +350,86 @@ async def test_missing_status_fields_render_without_errors(
     await eventually(lambda: browser.text('[data-canary="c1"] .phase') == "Idle", "canary card")
     assert "unhealthy" in await asyncio.to_thread(browser.text, '#upstreams [data-upstream="u1"]')
     assert await asyncio.to_thread(browser.find, '[data-route="bare"] .bar')
+    assert _severe(await asyncio.to_thread(browser.console)) == []
+
+
+# Read in one go, so the card and the bar come from the same rendering of one status.
+CARD_AND_BAR = """
+const card = document.querySelector('[data-canary="web"]');
+const bar = document.querySelector('[data-route="default"] .bar span[data-version="v2"]');
+const override = card && card.querySelector('.override');
+return {card: card && card.querySelector('.weight') ? card.querySelector('.weight').textContent : null,
+        override: override ? override.textContent : null,
+        bar: bar ? bar.textContent : "v2 0%",
+        phase: card ? card.querySelector('.phase').textContent : null};
+"""
+
+
+async def _shows(browser: WebDriver, what: str, **want: str | None) -> dict:
+    """Wait for the card and bar to show `want`; in every rendering on the way they agree."""
+    deadline = time.monotonic() + 15
+    while True:
+        seen = await asyncio.to_thread(browser.script, CARD_AND_BAR)
+        if seen["card"] is not None:  # rendered
+            card = seen["card"].removeprefix("canary weight ")
+            assert card == seen["bar"].removeprefix("v2 "), seen
+            if all(seen[k] == v for k, v in want.items()):
+                return seen
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {seen}"
+        await asyncio.sleep(0.2)
+
+
+async def test_canary_card_and_weight_bar_agree_after_manual_changes(
+    browser: WebDriver, open_rig: Rig
+) -> None:
+    await asyncio.to_thread(browser.cmd, "POST", "/url", {"url": open_rig.admin + "/"})
+    await _shows(browser, "idle", card="canary weight 0%", override=None, phase="Idle")
+    status, _ = await open_rig.call("PUT", "/api/v1/routes/default/weights", {"v1": 70, "v2": 30})
+    assert status == 200
+    seen = await _shows(browser, "a manual 30 %", bar="v2 30%")
+    assert seen["override"] == "manual override: step weight 0%"
+
+    status, body = await open_rig.call("POST", "/api/v1/canaries/web/start")
+    assert status == 200, body
+    await _shows(browser, "the first step", card="canary weight 5%", override=None)
+    status, body = await open_rig.call("POST", "/api/v1/canaries/web/pause")
+    assert status == 200, body
+    await _shows(browser, "paused", phase="Paused")
+    # relative weights: 1 and 2 are a third and two thirds
+    status, _ = await open_rig.call("PUT", "/api/v1/routes/default/weights", {"v1": 1, "v2": 2})
+    assert status == 200
+    seen = await _shows(browser, "a manual 2/3", bar="v2 66.7%")
+    assert seen["override"] == "manual override: step weight 5%"
+    status, _ = await open_rig.call("POST", "/api/v1/routes/default/switch", {"to": "v2"})
+    assert status == 200
+    seen = await _shows(browser, "the switch", bar="v2 100%")
+    assert seen["override"] == "manual override: step weight 5%"
+    assert _severe(await asyncio.to_thread(browser.console)) == []
+
+
+async def test_a_fresh_page_shows_the_history_the_proxy_kept(
+    browser: WebDriver, open_rig: Rig
+) -> None:
+    # As if the proxy had been sampling for 3 minutes: 36 points, 5 s apart, per version.
+    ring = SeriesRing()
+    now = time.time()
+    for i in range(36, 0, -1):
+        ring.add(now - 5 * i, {("default", "v1"): (20.0, 0.0, 12.0),
+                                  ("default", "v2"): (2.0, 5.0, 420.0)})  # fmt: skip
+    open_rig.app.metrics.history = ring
+    _, served = await open_rig.call("GET", "/api/v1/series")
+    assert [len(s["points"]) for s in served["series"]] == [36, 36]
+    await asyncio.to_thread(browser.cmd, "POST", "/url", {"url": open_rig.admin + "/"})
+    charts = '[data-route="default"] canvas'
+    drawn = await eventually(
+        lambda: browser.script(
+            f"return [...document.querySelectorAll('{charts}')].map((c) => c.dataset);"
+        ),
+        "the charts",
+    )
+    assert [c["metric"] for c in drawn] == ["rps", "err", "p99"]
+    for chart in drawn:
+        # both versions' 36 points from before the page was opened (and perhaps live ones)
+        assert int(chart["points"]) >= 72, chart
+        assert float(chart["oldest"]) <= (now - 5 * 36) * 1000 + 1000, chart
     assert _severe(await asyncio.to_thread(browser.console)) == []
