@@ -38,6 +38,7 @@ from proxy.net import (
     settle_heap,
     split_listen,
 )
+from proxy.routing.split import format_weights
 from proxy.routing.table import BuildCache, Overrides, RoutingTable, build_table, retire
 from proxy.state import RoutingState, StateStore, match_from_json, reconcile
 from proxy.tasks import spawn
@@ -270,7 +271,7 @@ class App(AdminControl, CanaryHostControl):
                     "route %s: weights %s from the state dir %s override the file's %s "
                     "(set through the API or a canary; `canaryproxy undo` or a change of the "
                     "route's weights in the file ends the override)",
-                    route, _fmt(w), self.store.dir, _fmt(shown),
+                    route, format_weights(w), self.store.dir, format_weights(shown),
                 )  # fmt: skip
 
     def _loaded_routing(self) -> RoutingState:
@@ -413,10 +414,6 @@ class App(AdminControl, CanaryHostControl):
     def _on_health(self, subset: str, address: str, healthy: bool) -> None:
         self.pools.set_health(subset, address, healthy)
         self._publish()
-
-
-def _fmt(weights: dict[str, float]) -> str:
-    return " ".join(f"{s}={w:g}" for s, w in weights.items())
 
 
 __all__ = ["App", "StartupError", "bind", "is_loopback", "split_listen"]

@@ -98,8 +98,6 @@ class AdminControl:
             full = weights_from_percent({s: current.get(s, 0.0) for s in known}, weights)
         except ValueError as exc:
             raise BadInput(f"route {route!r}: {exc}") from None
-        if sum(full.values()) <= 0:
-            raise BadInput("weights must not all be 0: some subset has to take the traffic")
         return self._set_route(route, full, "weights", keep_match=True)
 
     def switch(self, route: str, subset: str) -> dict:

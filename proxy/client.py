@@ -16,18 +16,18 @@ import urllib.request
 from argparse import Namespace
 from typing import Any
 
+from proxy.routing.split import format_weights
+
 TIMEOUT = 10.0
 
 
 class ClientError(Exception):
     """A request the admin API refused, or could not be made; the message is for the user.
 
-    `status` is the HTTP status (0 when no answer came) and `body` the decoded JSON
-    answer of a refusal, when it had one."""
+    `body` is the decoded answer of a refusal, when one came."""
 
-    def __init__(self, message: str, status: int = 0, body: Any = None) -> None:
+    def __init__(self, message: str, body: Any = None) -> None:
         super().__init__(message)
-        self.status = status
         self.body = body
 
 
@@ -48,7 +48,7 @@ def call(admin: str, method: str, path: str, body: Any = None) -> Any:
     except urllib.error.HTTPError as exc:
         body = _json_body(exc.read())
         reason = _reason(body) or str(exc.reason)
-        raise ClientError(f"{method} {path}: {exc.code} {reason}", exc.code, body) from None
+        raise ClientError(f"{method} {path}: {exc.code} {reason}", body) from None
     except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", exc)
         raise ClientError(f"cannot reach the admin API at {admin}: {why}") from None
@@ -101,7 +101,7 @@ def format_status(st: dict) -> str:
                 f"{health.get(subset, '-'):>8}"
             )
         if r.get("override") and r.get("file_weights") not in (None, r.get("weights")):
-            lines.append(f"{'':<16} weights override the file's {_fmt_weights(r['file_weights'])} "
+            lines.append(f"{'':<16} weights override the file's {format_weights(r['file_weights'])} "
                          f"(kept in the state dir {st.get('state_dir', '')}; `undo` to go back)")  # fmt: skip
         if r.get("preview") and r.get("idle"):
             p = r["preview"]
@@ -206,7 +206,7 @@ def cmd_weights(args: Namespace) -> int:
         ans = call(
             a.admin, "PUT", f"/api/v1/routes/{_quote(a.route)}/weights", parse_pairs(a.pairs)
         )
-        print(f"revision {ans['revision']}: {a.route} {_fmt_weights(ans['weights'])}")
+        print(f"revision {ans['revision']}: {a.route} {format_weights(ans['weights'])}")
 
     return _run(go, args)
 
@@ -214,7 +214,7 @@ def cmd_weights(args: Namespace) -> int:
 def cmd_switch(args: Namespace) -> int:
     def go(a: Namespace) -> None:
         ans = call(a.admin, "POST", f"/api/v1/routes/{_quote(a.route)}/switch", {"to": a.subset})
-        print(f"revision {ans['revision']}: {a.route} {_fmt_weights(ans['weights'])}")
+        print(f"revision {ans['revision']}: {a.route} {format_weights(ans['weights'])}")
 
     return _run(go, args)
 
@@ -243,7 +243,7 @@ def cmd_history(args: Namespace) -> int:
             return
         print(f"{'REV':>4}  {'TIME':<25} {'CAUSE':<18} WEIGHTS")
         for r in revs:
-            ws = "  ".join(f"{route}: {_fmt_weights(w)}" for route, w in r["weights"].items())
+            ws = "  ".join(f"{route}: {format_weights(w)}" for route, w in r["weights"].items())
             print(f"{r['revision']:>4}  {r['time']:<25} {r['cause']:<18} {ws}")
 
     return _run(go, args)
@@ -258,8 +258,6 @@ def cmd_undo(args: Namespace) -> int:
     return _run(go, args)
 
 
-def _fmt_weights(w: dict[str, float]) -> str:
-    return " ".join(f"{s}={x:g}" for s, x in w.items())
 
 
 # -- reload and explain -----------------------------------------------------------------
@@ -344,7 +342,7 @@ def format_explain(req: dict, ans: dict) -> str:
     lines.append(f"  version: {_pick_line(ans)}")
     probs = ans.get("probabilities") or {}
     shares = "  ".join(f"{s} {p * 100:.4g} %" for s, p in probs.items())
-    lines.append(f"  weights: {_fmt_weights(ans.get('weights', {}))}   shares: {shares}")
+    lines.append(f"  weights: {format_weights(ans.get('weights', {}))}   shares: {shares}")
     sticky = ans.get("sticky")
     if sticky:
         lines.append(f"  sticky cookie {sticky['cookie']}: {_sticky_line(sticky)}")

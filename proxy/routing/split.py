@@ -134,6 +134,11 @@ def mirror_hit(rnd: float, percent: float) -> bool:
     return (rnd * 1000.0) % 1.0 * 100.0 < percent
 
 
+def format_weights(weights: Mapping[str, float]) -> str:
+    """{"v1": 90.0, "v2": 10.0} -> "v1=90 v2=10", as the CLI takes them."""
+    return " ".join(f"{s}={w:g}" for s, w in weights.items())
+
+
 def weights_from_percent(current: Mapping[str, float], given: Mapping[str, float]) -> dict[str, float]:
     """A route's new weights from a request that names some of its destinations.
 
@@ -148,10 +153,12 @@ def weights_from_percent(current: Mapping[str, float], given: Mapping[str, float
         raise ValueError(f"has no subset {', '.join(unknown)}; known: {', '.join(current)}")
     rest = [s for s in current if s not in given]
     if not rest:
+        if sum(given.values()) <= 0:
+            raise ValueError("weights must not all be 0: some subset has to take the traffic")
         return {s: float(given[s]) for s in current}
     total = sum(given.values())
     if total > 100:
-        named = " ".join(f"{s}={w:g}" for s, w in given.items())
+        named = format_weights(given)
         raise ValueError(
             f"{named} add up to {total:g} %, over 100 %, and {', '.join(rest)} would get "
             "less than nothing; name every destination to set relative weights"
