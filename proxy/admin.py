@@ -6,7 +6,7 @@ the probe and scrape endpoints, mutations only by POST/PUT with a JSON body, CR/
 refused in every value, and one audit log line per mutation.
 
 The handlers only parse and check input; every change goes through the `Controller`
-(the App), which validates against the running config and changes nothing on error.
+(proxy.control), which validates against the running config and changes nothing on error.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class NotFound(LookupError):
 
 
 class Controller(Protocol):
-    registry: CollectorRegistry
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
     async def persisted(self) -> None: ...
 

@@ -314,7 +314,8 @@ class Demo:
         self.say(f"config {path}")
 
     def show_plan(self) -> None:
-        config = self.app.current_config()
+        config = self.app.config
+        assert config is not None
         (canary,) = config.canaries
         for line in plan_lines(canary, config.identity.user_header):
             self.say(line)
@@ -371,10 +372,6 @@ class Demo:
 
     async def stop(self) -> None:
         if self.app is not None:
-            watcher = getattr(self.app, "_watcher", None)
-            if watcher is not None and asyncio.iscoroutinefunction(watcher.stop):
-                await watcher.stop()  # App.stop() does not await it yet
-                self.app._watcher = None
             await self.app.stop()
         await self.v1.stop()
         await self.v2.stop()

@@ -10,7 +10,8 @@ import time
 from argparse import Namespace
 
 from proxy.app import App
-from proxy.net import StartupError, tune_malloc
+from proxy.heap import tune_malloc
+from proxy.net import StartupError
 
 log = logging.getLogger("canaryproxy")
 

@@ -252,7 +252,7 @@ async def test_canary_verbs_drive_the_controller(tmp_path) -> None:
                 await asyncio.sleep(0.02)
             _, st = await a.call("GET", "/api/v1/status")
             assert st["canaries"][0]["phase"] == "Succeeded"  # type: ignore[index]
-            causes = [r["cause"] for r in app.history()]
+            causes = [r["cause"] for r in app.control.history()]
             assert all(c.startswith("canary:default") for c in causes[1:])
             assert await proxy_get(s, app) == (200, "v2")
 

@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import ctypes, sys
-from proxy.net import tune_malloc
+from proxy.heap import tune_malloc
 if sys.argv[1] == "tuned":
     assert tune_malloc()
 class Info(ctypes.Structure):

@@ -2,8 +2,8 @@
 back as the same Config (or the same errors) load_text gives in-process."""
 
 from proxy.config.load import load_text
-from proxy.net import ConfigParser
-from proxy.workers.wire import pack_config
+from proxy.config.pack import pack_config
+from proxy.config.reload import ConfigParser
 
 GOOD = """\
 listen: 127.0.0.1:8080

@@ -8,7 +8,7 @@ import aiohttp
 from test_app_helpers import config_text, proxy_get, running_app, upstreams, write
 
 from proxy.config.schema import Config, Destination, MatchRule, Route, StringMatch, Upstream
-from proxy.net import build_table_stepwise
+from proxy.control import build_table_stepwise
 from proxy.routing.table import BuildCache, Overrides, build_table
 
 
@@ -59,13 +59,13 @@ async def test_weight_change_during_a_reload_is_kept(tmp_path) -> None:
             reload = asyncio.create_task(app.reload_async())
             await asyncio.sleep(0)  # the reload is now parsing the file off the loop
             assert not reload.done()
-            app.set_weights("default", {"v1": 0, "v2": 100})
+            app.control.set_weights("default", {"v1": 0, "v2": 100})
             assert (await reload)["result"] == "ok"
             assert app.table is not None
             assert app.table.weights()["default"] == {"v1": 0.0, "v2": 100.0}
             assert await proxy_get(s, app) == (200, "v2")
             assert await proxy_get(s, app, headers={"x-tenant": "t7x"}) == (200, "v2")
-            assert [r["cause"] for r in app.history()][-2:] == ["weights", "reload"]
+            assert [r["cause"] for r in app.control.history()][-2:] == ["weights", "reload"]
 
 
 async def test_concurrent_reloads_apply_the_file_once(tmp_path) -> None:
@@ -73,11 +73,11 @@ async def test_concurrent_reloads_apply_the_file_once(tmp_path) -> None:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(with_tenants(p1, p2, 50))
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
-            head = len(app.history())
+            head = len(app.control.history())
             write(cfg, with_tenants(p1, p2, 50, w1=0, w2=100))
             results = await asyncio.gather(app.reload_async(), app.reload_async())
             assert sorted(r["result"] for r in results) == ["ok", "unchanged"]
-            assert len(app.history()) == head + 1
+            assert len(app.control.history()) == head + 1
             assert await proxy_get(s, app) == (200, "v2")
 
 
@@ -99,5 +99,5 @@ async def test_status_counts_tasks(tmp_path) -> None:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(config_text(p1, p2))
         async with running_app(cfg, tmp_path / "s") as app:
-            tasks = app.status()["tasks"]
+            tasks = app.control.status()["tasks"]
             assert isinstance(tasks, int) and tasks >= 1

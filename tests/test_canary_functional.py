@@ -153,10 +153,10 @@ class Rig:
     async def stop_app(self) -> None:
         if self.app is not None:
             # App.stop() does not await the async ConfigWatcher.stop() yet: stop it here.
-            watcher = getattr(self.app, "_watcher", None)
+            watcher = self.app.reloader.watcher
             if watcher is not None and asyncio.iscoroutinefunction(watcher.stop):
                 await watcher.stop()
-                self.app._watcher = None
+                self.app.reloader.watcher = None
             await self.app.stop()
             self.app = None
 
@@ -374,7 +374,7 @@ async def test_finished_rollout_survives_restart_and_keeps_manual_weights(rig: R
     await rig.stop_app()
     app = await rig.start_app()
     assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 0.0, "v2": 100.0})
-    app.set_weights("default", {"v1": 60.0, "v2": 40.0})  # an operator takes over
+    app.control.set_weights("default", {"v1": 60.0, "v2": 40.0})  # an operator takes over
     await rig.stop_app()
     await rig.start_app()
     assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 60.0, "v2": 40.0})

@@ -13,7 +13,7 @@ class Calls:
         self.count = 0
         self.event = asyncio.Event()
 
-    async def __call__(self) -> None:
+    async def __call__(self, read: object = None) -> None:
         self.count += 1
         self.event.set()
 
@@ -110,7 +110,7 @@ async def test_failing_callback_does_not_end_the_watch(tmp_path: pathlib.Path) -
     seen = asyncio.Event()
     count = 0
 
-    async def flaky() -> None:
+    async def flaky(read: object = None) -> None:
         nonlocal count
         count += 1
         if count == 1:

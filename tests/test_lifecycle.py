@@ -31,11 +31,11 @@ async def test_revisions_and_weights_survive_a_restart(tmp_path) -> None:
         cfg.write_text(config_text(p1, p2, 100, 0))
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
             await Admin(s, app).call("PUT", "/api/v1/routes/default/weights", {"v1": 0, "v2": 1})
-            app.save_canary_state("default", {"phase": "Progressing", "step": 3})
+            app.control.save_canary_state("default", {"phase": "Progressing", "step": 3})
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
             assert await proxy_get(s, app) == (200, "v2")
-            assert [r["cause"] for r in app.history()] == ["reload", "weights"]
-            assert app.load_canary_state("default") == {"phase": "Progressing", "step": 3}
+            assert [r["cause"] for r in app.control.history()] == ["reload", "weights"]
+            assert app.control.load_canary_state("default") == {"phase": "Progressing", "step": 3}
             status, ans = await Admin(s, app).call("POST", "/api/v1/undo")
             assert status == 200 and ans["restored"] == 1  # type: ignore[index]
             assert await proxy_get(s, app) == (200, "v1")
@@ -49,10 +49,12 @@ async def test_apply_canary_sets_weights_and_match_with_a_revision(tmp_path) -> 
         cfg = tmp_path / "c.yaml"
         cfg.write_text(config_text(p1, p2, 100, 0))
         async with running_app(cfg, tmp_path / "s") as app, aiohttp.ClientSession() as s:
-            app.apply_canary("default", "default", None, ("v2", (rule,)), "canary:default")
+            app.control.apply_canary("default", "default", None, ("v2", (rule,)), "canary:default")
             assert await proxy_get(s, app, headers={"user-id": "tester"}) == (200, "v2")
             assert await proxy_get(s, app, headers={"user-id": "other"}) == (200, "v1")
-            app.apply_canary("default", "default", {"v1": 0, "v2": 100}, None, "canary:default")
+            app.control.apply_canary(
+                "default", "default", {"v1": 0, "v2": 100}, None, "canary:default"
+            )
             assert await proxy_get(s, app) == (200, "v2")
             assert app.store.history()[-1]["cause"] == "canary:default"
             assert app.routing.canary_match == {}

@@ -7,9 +7,10 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from proxy.config.load import load_text
+from proxy.config.pack import pack_config, unpack_config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
-from proxy.workers.wire import Report, State, frame, pack_config, read_frame, unpack_config
+from proxy.workers.wire import Report, State, frame, read_frame
 
 
 def _worker(requests: list[tuple[str, int, float]]) -> ProxyMetrics:

@@ -3,7 +3,7 @@
 import asyncio
 
 from proxy.config.load import load_text
-from proxy.workers.wire import ROUTES_PER_PART, pack_config, remember, unpack_config
+from proxy.config.pack import ROUTES_PER_PART, pack_config, remember, unpack_config
 
 
 def _config(n: int, tag: str = ""):

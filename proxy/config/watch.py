@@ -9,8 +9,8 @@ change, but the directory's and the resolved target's do. Any change of the
 runs only when the sha256 of the content differs from the last content seen: a
 `touch`, or an editor's save of identical bytes, reloads nothing.
 
-The app loads and validates the file itself inside `on_change` and keeps the last
-good config; an exception in `on_change` is logged and the watch goes on.
+The reload (config.reload) parses and validates what `on_change` is given and keeps the
+last good config; an exception in `on_change` is logged and the watch goes on.
 """
 
 from __future__ import annotations
@@ -21,12 +21,35 @@ import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[float, int, int] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """The config file's text and sha256, read once; `error` when it could not be read."""
+
+    text: str
+    digest: str
+    error: str | None = None
+
+
+def read_config_file(path: str) -> FileRead:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        return FileRead("", "", f"{path}: cannot read: {exc.strerror}")
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        return FileRead(raw.decode("utf-8"), digest)
+    except UnicodeDecodeError as exc:
+        return FileRead("", digest, f"{path}: cannot read: {exc}")
 
 
 def content_hash(path: str) -> str:
@@ -53,10 +76,11 @@ def signature(path: str) -> Signature:
 
 
 class ConfigWatcher:
-    """Calls `on_change()` when the content of `path` changes; polls every `interval` s."""
+    """Calls `on_change(read)` when the content of `path` changes, with the file as read
+    (so the reload does not read and hash it again); polls every `interval` s."""
 
     def __init__(
-        self, path: str, on_change: Callable[[], Awaitable[None]], interval: float = 1.0
+        self, path: str, on_change: Callable[[FileRead], Awaitable[object]], interval: float = 1.0
     ) -> None:
         self.path = path
         self.on_change = on_change
@@ -65,10 +89,11 @@ class ConfigWatcher:
         self._signature: Signature = signature(path)
         self._hash = content_hash(path)
 
-    def mark_loaded(self) -> None:
-        """Take the current content as seen (e.g. after a reload by SIGHUP or the API)."""
+    def mark_loaded(self, digest: str | None = None) -> None:
+        """Take the current content (whose sha256 is `digest`, when the caller has just
+        read it) as seen, e.g. after a reload by SIGHUP or the API."""
         self._signature = signature(self.path)
-        self._hash = content_hash(self.path)
+        self._hash = digest if digest is not None else content_hash(self.path)
 
     def start(self) -> None:
         if self._task is None:
@@ -87,11 +112,11 @@ class ConfigWatcher:
         if sig == self._signature:
             return False
         self._signature = sig
-        digest = await asyncio.to_thread(content_hash, self.path)
-        if digest == self._hash or not digest:
+        read = await asyncio.to_thread(read_config_file, self.path)
+        if read.digest == self._hash or not read.digest:
             return False  # unchanged bytes, or mid-swap: the next change retries
-        self._hash = digest
-        await self.on_change()
+        self._hash = read.digest
+        await self.on_change(read)
         return True
 
     async def _run(self) -> None:

@@ -59,12 +59,13 @@ class AccessLog:
     def log(self, ex: Any, route: str, code: int, seconds: float) -> None:
         """Record one finished exchange (an `Exchange` of the data plane)."""
         q = self._q
+        req = ex.req
         line = (
             f'{{"time":{self._time()},'
-            f'"request_id":{quote(ex.request_id.decode("latin-1"))},'
-            f'"client":{q(ex.client_ip)},'
-            f'"method":{quote(ex.method.decode("latin-1"))},'
-            f'"path":{quote(ex.target.decode("latin-1"))},'
+            f'"request_id":{quote(req.request_id.decode("latin-1"))},'
+            f'"client":{q(req.client_ip)},'
+            f'"method":{quote(req.method.decode("latin-1"))},'
+            f'"path":{quote(req.target.decode("latin-1"))},'
             f'"route":{q(route)},"version":{q(ex.subset)},"status":{code},'
             f'"upstream":{q(ex.upstream_addr)},"duration_ms":{seconds * 1000:.3f},'
             f'"bytes_sent":{ex.bytes_sent},"error":{q(ex.error)}}}'

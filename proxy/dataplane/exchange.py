@@ -5,6 +5,11 @@ An Exchange is created when a request head is complete. It asks the routing tabl
 request head and streams the body; the upstream connection calls back with the response head,
 body chunks and the end. Flow control is symmetric: a side whose writes back up pauses the
 other side's reads. Nothing here awaits: timers are `loop.call_later` handles.
+
+What to retry, how a body is framed and when the client connection closes are decided in
+`proxy.dataplane.rules`; the bytes of the heads are built in `proxy.dataplane.heads`; the
+response is streamed by the base class, `proxy.dataplane.stream.ResponseStream`. This module
+is the I/O of the request side and of the attempts.
 """
 
 from __future__ import annotations
@@ -14,53 +19,43 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from proxy import headers as hdr
-from proxy.dataplane.errors import CLOSING, ERRORS, error_response, status_line
-from proxy.dataplane.mirror import MirrorExchange
-from proxy.dataplane.types import Client
-from proxy.dataplane.upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
+from proxy.dataplane.errors import ERRORS, error_response
+from proxy.dataplane.heads import chunk, policy_for, request_head
+from proxy.dataplane.heads import nominated as _nominated  # noqa: F401  (tests read it here)
+from proxy.dataplane.mirror import MirrorExchange, mirror_payload
+from proxy.dataplane.request import Request
+from proxy.dataplane.rules import (
+    NO_BODY,
+    NO_RETRY,
+    REPLAY_LIMIT,
+    RETRY_FRESH,
+    RETRY_STATUS,
+    attempts_after_retry,
+    close_after_error,
+    must_close,
+    response_deadline,
+    retry_after_connect_failure,
+    retry_after_reset,
+    retry_after_response_timeout,
+    retry_after_status,
+)
+from proxy.dataplane.stream import ResponseStream
+from proxy.dataplane.types import BLOCK_CONN, Client
+from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.config.schema import HeaderPolicy
     from proxy.routing.table import CompiledRoute
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so that a retry can resend it
-NO_BODY, RAW, CHUNKED, CLOSE = 0, 1, 2, 3
-RETRY_STATUS = {502: "502", 503: "503", 504: "504"}
-BLOCK_CONN = 4  # client read block: body waits for an upstream connection
-_NONE: frozenset[bytes] = frozenset()
-# (id(route headers), id(destination headers)) -> (those two values, merged policy)
-_POLICIES: dict[tuple[int, int], tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]] = {}
 
+class Exchange(ResponseStream):
+    """One request and its response; the response side is `ResponseStream`."""
 
-class Exchange:
     __slots__ = (
-        "client",
-        "loop",
-        "t0",
-        "seq",
-        "method",
-        "target",
-        "http10",
-        "keep_alive",
-        "headers",
-        "content_length",
-        "chunked",
-        "request_id",
-        "client_ip",
-        "connection",
-        "xff",
-        "proto",
-        "has_host",
         "expect_continue",
         "route",
         "subset",
-        "set_cookie",
         "mirror",
-        "pool",
-        "conn",
         "ep",
         "local",
         "fault_status",
@@ -68,46 +63,20 @@ class Exchange:
         "stale_retried",
         "body",
         "body_bytes",
-        "req_done",
         "head",
-        "policy",
-        "sent",
-        "resp_started",
-        "mode",
-        "status",
-        "bytes_sent",
-        "close_after",
-        "done",
-        "timer",
         "per_try",
         "upstream_addr",
-        "error",
     )
 
-    def __init__(self, client: Client, req: tuple) -> None:
+    def __init__(self, client: Client, req: Request) -> None:
         self.client = client
         self.loop = client.loop
         self.t0 = self.loop.time()
         self.seq = client.requests  # position on its client connection
-        # req: see proxy.dataplane.request.REQUEST_FIELDS (a tuple: cheaper than a dict here)
-        (
-            self.method,
-            self.target,
-            self.http10,
-            self.keep_alive,
-            self.headers,
-            self.content_length,
-            self.chunked,
-            self.request_id,
-            self.client_ip,
-            self.connection,
-            self.xff,
-            self.proto,
-            self.has_host,
-            self.local,  # reason of a proxy-made answer (a framing error), else None
-        ) = req
+        self.req = req
+        self.local = req.error  # reason of a proxy-made answer (a framing error), else None
         self.expect_continue = False
-        # route, pool and ep are set by prepare()/_on_conn() before anything reads them.
+        # route, pool, ep and policy are set by prepare()/_proceed()/_on_conn() before use.
         self.route: CompiledRoute = None  # type: ignore[assignment]
         self.subset = ""
         self.set_cookie: str | None = None
@@ -118,12 +87,11 @@ class Exchange:
         self.fault_status = 0
         self.attempts_left = 0
         self.stale_retried = False
-        self.body: list[bytes] | None = []
+        self.body: list[bytes] | None = []  # kept for a replay; None once too large
         self.body_bytes = 0
-        self.req_done = not self.chunked and not self.content_length
+        self.req_done = not req.chunked and not req.content_length
         self.head = b""
-        self.policy: hdr.Policy | None = None  # header edits of (route, subset), once known
-        self.sent = False  # bytes of this request reached the current upstream connection
+        self.policy = None  # type: ignore[assignment]  # set by _proceed()
         self.resp_started = False
         self.mode = NO_BODY
         self.status = 0
@@ -137,11 +105,12 @@ class Exchange:
 
     # --- decision (at head time, before any body byte is read) ------------------------------
     def prepare(self, table, decide_headers: Mapping[str, str], expect: bytes | None) -> None:
+        req = self.req
         d = table.decide(
-            self.method.decode("latin-1"),
-            self.target.decode("latin-1"),
+            req.method.decode("latin-1"),
+            req.target.decode("latin-1"),
             decide_headers,
-            self.client_ip,
+            req.client_ip,
             random.random(),
         )
         self.route = route = d.route
@@ -151,7 +120,7 @@ class Exchange:
         self.subset = d.subset or ""
         self.set_cookie = d.set_cookie
         self.mirror = d.mirror
-        if self.content_length is not None and self.content_length > route.max_body:
+        if req.content_length is not None and req.content_length > route.max_body:
             self.local = "body_too_large"
         elif expect is not None and expect.lower() != b"100-continue":
             self.local = "expectation_failed"
@@ -164,7 +133,7 @@ class Exchange:
             else:
                 self.pool = pool
         self.attempts_left = route.retries.attempts
-        self.expect_continue = expect is not None and not self.http10
+        self.expect_continue = expect is not None and not req.http10
 
     # --- start (first in the pipeline) --------------------------------------------------------
     def start(self) -> None:
@@ -190,7 +159,8 @@ class Exchange:
             return
         if self.expect_continue and not self.req_done:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.head = self._build_head()
+        self.policy = policy = policy_for(self.route, self.subset)
+        self.head = request_head(self.req, policy)
         self._attempt(fresh=False)
         if self.mirror is not None:
             self._start_mirror()
@@ -203,54 +173,15 @@ class Exchange:
         mirror, self.mirror = self.mirror, None
         if pool is None:
             return
-        host = b"" if self.has_host else b"Host: " + mirror.encode() + b"\r\n"
-        payload = [self.method + b" " + self.target + b" HTTP/1.1\r\n" + host, self.head]
-        for chunk in self.body:
-            payload.extend(self._frame(chunk))
-        if self.chunked:
-            payload.append(b"0\r\n\r\n")
+        payload = mirror_payload(self.req, mirror, self.head, self.body)
         MirrorExchange(pool, payload, self.route.timeout).start()
         metrics = self.client.server.metrics
         if metrics is not None:
             metrics.mirrored(self.route.name, mirror)
 
-    def _build_head(self) -> bytes:
-        lines = hdr.request_lines(
-            self.headers, self.connection, self.xff, self.proto, self.request_id, self._policy()
-        )
-        if self.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self.content_length is not None:
-            framing = b"Content-Length: %d\r\n" % self.content_length
-        else:
-            framing = b""
-        return lines + framing + b"\r\n"
-
-    def _policy(self) -> hdr.Policy:
-        policy = self.policy
-        if policy is None:
-            policy = self.policy = self._find_policy()
-        return policy
-
-    def _find_policy(self) -> hdr.Policy:
-        route = self.route
-        dest = route.dest_headers.get(self.subset)
-        # Keyed by the identity of the (small, immutable) HeaderPolicy values, not of the
-        # route: an entry never keeps a whole routing table of an old config alive.
-        key = (id(route.headers), id(dest))
-        hit = _POLICIES.get(key)
-        if hit is not None and hit[0] is route.headers and hit[1] is dest:
-            return hit[2]
-        if len(_POLICIES) >= 1024:
-            _POLICIES.clear()  # configs replaced by many reloads
-        found = [route.headers] + ([dest] if dest is not None else [])
-        policy = hdr.build_policy(found)
-        _POLICIES[key] = (route.headers, dest, policy)
-        return policy
-
     def _attempt(self, fresh: bool) -> None:
         if self.loop.time() - self.t0 >= self.route.timeout > 0:
-            self.fail("upstream_timeout")
+            self.fail("upstream_timeout")  # the route's timeout covers every attempt
             return
         self.pool.acquire(self._on_conn, self.ep, fresh)
 
@@ -265,31 +196,31 @@ class Exchange:
         self.upstream_addr = conn.endpoint.address
         conn.attach(self)
         self._send_head(conn)
-        self._arm_response_timer()
-        self.client.unblock_read(BLOCK_CONN)
-        if self.client.write_paused:
+        route = self.route
+        deadline, self.per_try = response_deadline(
+            self.t0, self.loop.time(), route.timeout, route.retries.per_try_timeout
+        )
+        client = self.client
+        client.watch_response(self, deadline)
+        client.unblock_read(BLOCK_CONN)
+        if client.write_paused:
             conn.pause_reading()
 
     def _send_head(self, conn: UpstreamConnection) -> None:
-        first = self.method + b" " + self.target + b" HTTP/1.1\r\n"
-        if not self.has_host:
+        req = self.req
+        first = req.method + b" " + req.target + b" HTTP/1.1\r\n"
+        if not req.has_host:
             first += b"Host: " + self.ep.address.encode() + b"\r\n"
         body = self.body
-        if not body and not self.chunked:  # the common case: one buffer, one send
+        if not body and not req.chunked:  # the common case: one buffer, one send
             conn.transport.write(first + self.head)
         else:
             parts = [first, self.head]
-            for chunk in body or ():
-                parts.extend(self._frame(chunk))
-            if self.req_done and self.chunked:
+            for data in body or ():
+                parts.extend(chunk(data) if req.chunked else (data,))
+            if self.req_done and req.chunked:
                 parts.append(b"0\r\n\r\n")
             conn.transport.write(b"".join(parts))
-        self.sent = True
-
-    def _frame(self, chunk: bytes) -> list[bytes]:
-        if self.chunked:
-            return [b"%x\r\n" % len(chunk), chunk, b"\r\n"]
-        return [chunk]
 
     def _connect_failed(self, ep: Endpoint | None, reason: str) -> None:
         if self.done:
@@ -297,30 +228,25 @@ class Exchange:
         if ep is not None and reason in (CONNECT_REFUSED, CONNECT_TIMEOUT):
             self.pool.report(ep, False)
             self.ep = ep
-            if self._can_retry("connect-failure", sent=False):
+            if retry_after_connect_failure(*self._retry_inputs()):
                 self._retry(fresh=False)
                 return
         self.fail(reason)
 
     # --- retries -----------------------------------------------------------------------------
-    def _can_retry(self, cond: str, sent: bool) -> bool:
-        if self.attempts_left <= 0 or cond not in self.route.retries.retry_on:
-            return False
-        if sent and self.method not in IDEMPOTENT:
-            return False  # RFC 9110 §9.2.2: never replay a non-idempotent request
-        return self.body is not None
+    def _retry_inputs(self) -> tuple[bytes, int, frozenset[str], bool]:
+        """What every retry rule reads: method, attempts left, `retry_on`, body still held."""
+        return (
+            self.req.method,
+            self.attempts_left,
+            self.route.retries.retry_on,
+            self.body is not None,
+        )
 
     def _retry(self, fresh: bool) -> None:
-        self.attempts_left -= 1
+        self.attempts_left = attempts_after_retry(self.attempts_left)
         self._drop_conn()
         self._attempt(fresh)
-
-    def _drop_conn(self) -> None:
-        self._cancel_timer()
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-            self.pool.release(conn, False)
 
     # --- client side events --------------------------------------------------------------------
     def client_body(self, data: bytes) -> None:
@@ -337,7 +263,7 @@ class Exchange:
             return  # the upstream answered before the body ended: read and drop the rest
         conn = self.conn
         if conn is not None:
-            conn.transport.writelines(self._frame(data))
+            conn.transport.writelines(chunk(data) if self.req.chunked else (data,))
         if self.body is not None:
             if conn is None or self.body_bytes <= REPLAY_LIMIT:
                 self.body.append(data)
@@ -348,7 +274,7 @@ class Exchange:
 
     def client_done(self) -> None:
         self.req_done = True
-        if self.conn is not None and self.chunked and not self.done:
+        if self.conn is not None and self.req.chunked and not self.done:
             self.conn.transport.write(b"0\r\n\r\n")
         if self.mirror is not None:
             self._start_mirror()
@@ -376,8 +302,7 @@ class Exchange:
     def up_headers(
         self, status: int, headers: list, length: bytes | None, connection: list[bytes]
     ) -> bool:
-        cond = RETRY_STATUS.get(status)
-        if cond is not None and self._can_retry(cond, sent=True):
+        if status in RETRY_STATUS and retry_after_status(status, *self._retry_inputs()):
             self._retry(fresh=False)
             return False
         if self.ep.failures:
@@ -386,56 +311,8 @@ class Exchange:
         self.status = status
         self.resp_started = True
         self.client.write(self._response_head(status, headers, length, connection))
+        # llhttp ends a 204 or 304 itself; another body-less answer (to HEAD) ends at its head.
         return self.mode == NO_BODY and status not in (204, 304)
-
-    def _response_head(
-        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
-    ) -> bytes:
-        nominated = _nominated(connection) if connection else _NONE
-        lines = hdr.response_lines(headers, nominated, self._policy(), self.set_cookie)
-        framing = self._framing(status, length)
-        self.close_after = self.close_after or self.client.must_close(self)
-        if self.close_after:
-            framing += b"Connection: close\r\n"
-        elif self.http10:
-            framing += b"Connection: keep-alive\r\n"
-        return status_line(status) + lines + framing + b"\r\n"
-
-    def _framing(self, status: int, length: bytes | None) -> bytes:
-        if status in (204, 304) or status < 200:
-            self.mode = NO_BODY
-            return b""
-        if self.method == b"HEAD":
-            self.mode = NO_BODY
-            return b"Content-Length: " + length + b"\r\n" if length is not None else b""
-        if length is not None:
-            self.mode = RAW
-            return b"Content-Length: " + length + b"\r\n"
-        if self.http10:
-            self.mode = CLOSE
-            self.close_after = True
-            return b""
-        self.mode = CHUNKED
-        return b"Transfer-Encoding: chunked\r\n"
-
-    def up_body(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
-        if self.mode == CHUNKED:
-            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
-        else:
-            self.client.write(data)
-
-    def up_done(self, reusable: bool) -> None:
-        if self.done:
-            self._cancel_timer()
-        if self.mode == CHUNKED:
-            self.client.write(b"0\r\n\r\n")
-        conn, self.conn = self.conn, None
-        # An answer before the request body ended (e.g. nginx `return`): the client side keeps
-        # reading and dropping the rest of the body; the upstream connection is not reused.
-        if conn is not None:
-            self.pool.release(conn, reusable and self.req_done)
-        self._finish(self.status)
 
     def up_failed(self, reason: str, got_bytes: bool) -> None:
         conn = self.conn
@@ -448,77 +325,30 @@ class Exchange:
             return
         reused = conn.requests > 0
         self._drop_conn()
-        if reason == "upstream_reset" and not got_bytes and reused and not self.stale_retried:
-            if self.method in IDEMPOTENT and self.body is not None:
-                # The upstream closed an idle keep-alive connection just as we reused it.
-                self.stale_retried = True
-                self.attempts_left = max(1, self.attempts_left)
-                self._retry(fresh=True)
-                return
-        self.pool.report(self.ep, False)
-        if reason == "upstream_reset" and self._can_retry("reset", sent=True):
-            self._retry(fresh=False)
+        then = retry_after_reset(
+            reason, got_bytes, reused, self.stale_retried, *self._retry_inputs()
+        )
+        if then == RETRY_FRESH:
+            # The upstream closed an idle keep-alive connection just as we reused it.
+            self.stale_retried = True
+        else:
+            self.pool.report(self.ep, False)
+        if then != NO_RETRY:
+            self._retry(fresh=then == RETRY_FRESH)
             return
         self.fail(reason)
 
-    def up_cork(self) -> None:
-        client = self.client
-        if client.corked is None:  # inlined ClientConnection.cork: once per upstream read
-            client.corked = []
-
-    def up_uncork(self) -> None:
-        self.client.uncork()
-        if self.resp_started and not self.done and self.timer is None:
-            # Only a body that outlives one read needs the inactivity timer.
-            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT, self._body_idle)
-
-    def up_pause(self) -> None:
-        self.client.block_read(1)
-
-    def up_resume(self) -> None:
-        self.client.unblock_read(1)
-
     # --- timers ------------------------------------------------------------------------------
-    def _arm_response_timer(self) -> None:
-        route = self.route
-        now = self.loop.time()
-        left = self.t0 + route.timeout - now if route.timeout > 0 else 1e9
-        per_try = route.retries.per_try_timeout or 0.0
-        self.per_try = 0 < per_try < left
-        delay = per_try if self.per_try else left
-        self.client.watch_response(self, now + max(delay, 0.0))
-
     def response_timeout(self) -> None:
         """The response head did not come in time (called by the client connection)."""
         if self.done or self.resp_started:
             return
         self.pool.report(self.ep, False)
-        if self.per_try and self._can_retry("504", sent=True):
+        if retry_after_response_timeout(self.per_try, *self._retry_inputs()):
             self._retry(fresh=False)
             return
         self._drop_conn()
         self.fail("upstream_timeout")
-
-    def _body_idle(self) -> None:
-        self.timer = None
-        conn = self.conn
-        if conn is None or self.done:
-            return
-        idle = self.loop.time() - conn.last_read
-        if idle < BODY_IDLE_TIMEOUT or self.client.write_paused:
-            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT - idle + 0.01, self._body_idle)
-            return
-        self.error = "upstream_timeout"
-        self._drop_conn()
-        self._truncate()
-
-    def _cancel_timer(self) -> None:
-        client = self.client
-        if client.resp_ex is self:
-            client.resp_ex = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     # --- endings -----------------------------------------------------------------------------
     def fail(self, reason: str) -> None:
@@ -527,7 +357,7 @@ class Exchange:
             return
         self._cancel_timer()
         self.error = reason
-        close = reason in CLOSING or not self.req_done or self.client.must_close(self)
+        close = close_after_error(reason, self.req_done, self._must_close())
         self.close_after = self.close_after or close
         code = ERRORS[reason][0] or self.fault_status
         self.client.write(error_response(reason, self.close_after, code))
@@ -537,31 +367,15 @@ class Exchange:
             metrics.upstream_error(self.subset, label)
         self._finish(code)
 
-    def _truncate(self) -> None:
-        """The response cannot be completed: close the client without a clean end."""
-        self.close_after = True
-        self.client.abort()
-        self._finish(self.status)
-
-    def _finish(self, code: int) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._cancel_timer()
-        seconds = self.loop.time() - self.t0
-        self.client.server.record(self, code, seconds)
-        self.client.finished(self)
-
-
-_NOMINATED: dict[tuple[bytes, ...], frozenset[bytes]] = {}
-
-
-def _nominated(connection: list[bytes]) -> frozenset[bytes]:
-    """`hdr.nominated`, cached: upstreams send the same `Connection: keep-alive` every time."""
-    key = tuple(connection)
-    hit = _NOMINATED.get(key)
-    if hit is None:
-        if len(_NOMINATED) >= 256:
-            _NOMINATED.clear()  # an upstream inventing values: keep the cache bounded
-        hit = _NOMINATED[key] = hdr.nominated(connection)
-    return hit
+    def _must_close(self) -> bool:
+        """`rules.must_close` for a proxy-made answer (it has a length) on this connection."""
+        client = self.client
+        return must_close(
+            self.req.keep_alive,
+            False,
+            self.seq,
+            client.limits.keepalive_requests,
+            client.server.draining,
+            client.closing,
+            len(client.queue),
+        )

@@ -105,4 +105,3 @@ class HealthChecker:
                 return 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
-

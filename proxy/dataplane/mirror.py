@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.dataplane.heads import chunk
+from proxy.dataplane.request import Request
 from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import Endpoint, UpstreamPool
+
+
+def mirror_payload(req: Request, subset: str, head: bytes, body: list[bytes]) -> list[bytes]:
+    """The copy of a whole request for the mirror Subset, framed as the original."""
+    host = b"" if req.has_host else b"Host: " + subset.encode() + b"\r\n"
+    payload = [req.method + b" " + req.target + b" HTTP/1.1\r\n" + host, head]
+    for data in body:
+        payload.extend(chunk(data) if req.chunked else (data,))
+    if req.chunked:
+        payload.append(b"0\r\n\r\n")
+    return payload
 
 
 class MirrorExchange:

@@ -1,16 +1,17 @@
 """Request-head rules of the client side that need no connection state.
 
 Limits (RELIABILITY.md rows 1-3), the framing checks llhttp leaves to us (rows 15-20),
-absolute-form targets, request ids. Used by `proxy.dataplane.server.ClientConnection`.
+absolute-form targets, request ids, and the `Request` record a parsed head becomes. Used by
+`proxy.dataplane.parse` and `proxy.dataplane.server`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from random import getrandbits
-from typing import Any
 
-from proxy.headers import VIA
+from proxy.headers import VIA, Header
 
 # Each limit is the largest value served; one over it is refused.
 MAX_LINE = 8192  # request target -> 414
@@ -126,40 +127,42 @@ def framing_error(
     return None
 
 
-# The fields of a parsed request, in the order of the tuple the client side builds.
-REQUEST_FIELDS = (
-    "method",  # bytes
-    "target",  # bytes, origin-form
-    "http10",  # bool
-    "keep_alive",  # bool
-    "headers",  # list of (lower name, name, value)
-    "content_length",  # int | None
-    "chunked",  # bool
-    "request_id",  # bytes
-    "client_ip",  # str
-    "connection",  # frozenset of nominated names
-    "xff",  # bytes: the X-Forwarded-For to send
-    "proto",  # bytes | None: X-Forwarded-Proto to set, None keeps the incoming one
-    "has_host",  # bool
-    "error",  # str | None: a framing error answered by the proxy
-)
+@dataclass(slots=True)
+class Request:
+    """A parsed request head, as the client side hands it to its exchange (built once per
+    request, positionally: a slots class reads as fast as a tuple and costs little more)."""
+
+    method: bytes
+    target: bytes  # origin-form
+    http10: bool
+    keep_alive: bool  # the client's wish, as llhttp reads it (1.0 keep-alive, Connection: close)
+    headers: list[Header]  # (lower name, name, value), as received
+    content_length: int | None  # None: no Content-Length (or a framing error)
+    chunked: bool
+    request_id: bytes
+    client_ip: str
+    connection: frozenset[bytes]  # the field names the Connection header nominates
+    xff: bytes  # the X-Forwarded-For to send
+    proto: bytes  # the X-Forwarded-Proto to send
+    has_host: bool
+    error: str | None  # a framing error the proxy answers itself
 
 
-def bare_request(peer: str) -> tuple[Any, ...]:
+def bare_request(peer: str) -> Request:
     """Request fields for an answer to bytes that never formed a request."""
-    return (
-        b"GET",
-        b"",
-        False,
-        False,
-        [],
-        None,
-        False,
-        new_request_id(),
-        peer,
-        frozenset(),
-        b"",
-        b"http",
-        False,
-        None,
+    return Request(
+        method=b"GET",
+        target=b"",
+        http10=False,
+        keep_alive=False,
+        headers=[],
+        content_length=None,
+        chunked=False,
+        request_id=new_request_id(),
+        client_ip=peer,
+        connection=frozenset(),
+        xff=b"",
+        proto=b"http",
+        has_host=False,
+        error=None,
     )

@@ -1,10 +1,11 @@
 """The data plane, client side: asyncio.Protocol + httptools (llhttp) request parsing.
 
-A `ClientConnection` parses requests, enforces the request limits and framing rules
-(RELIABILITY.md rows 1-7, 15-21, 30) before anything is forwarded, and keeps the pipeline in
-order: each request becomes an `Exchange`; only the first one in the queue talks upstream, the
-others wait with client reads paused. One lazy timer per connection watches the idle,
-request-head and response-head deadlines (`proxy.dataplane.timers`).
+A `ClientConnection` parses requests (the head's callbacks: `proxy.dataplane.parse`), enforces
+the request limits and framing rules (RELIABILITY.md rows 1-7, 15-21, 30) before anything is
+forwarded, and keeps the pipeline in order: each request becomes an `Exchange`; only the first
+one in the queue talks upstream, the others wait with client reads paused. One lazy timer per
+connection watches the idle, request-head and response-head deadlines
+(`proxy.dataplane.timers`).
 """
 
 from __future__ import annotations
@@ -17,39 +18,29 @@ from typing import Any
 
 import httptools
 
-from proxy import headers as hdr
 from proxy.config.schema import Limits
 from proxy.dataplane.accesslog import AccessLog
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
-from proxy.dataplane.request import (
-    HOST,
-    MAX_FIELD,
-    MAX_HEADERS,
-    MAX_HEADERS_TOTAL,
-    MAX_LINE,
-    NONE,
-    SPECIAL,
-    Reject,
-    Stop,
-    bare_request,
-    check_request_line,
-    framing_error,
-    new_request_id,
-    origin_form,
-    our_via,
-)
+from proxy.dataplane.parse import RequestHeadParser
+from proxy.dataplane.request import Reject, Stop, bare_request, check_request_line
+from proxy.dataplane.rules import lingers
 from proxy.dataplane.timers import ClientTimers
-from proxy.dataplane.types import Goals, LazyHeaders, Metrics, header_dict
+from proxy.dataplane.types import (
+    BLOCK_CONN,
+    BLOCK_PIPE,
+    BLOCK_UP,
+    Goals,
+    LazyHeaders,
+    Metrics,
+    header_dict,
+)
 from proxy.dataplane.upstream import Pools
-
-BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4  # reasons client reads are paused
-
 
 BACKLOG = 1024  # as the listen sockets the app binds itself
 
 
-class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
+class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.loop = server.loop
@@ -146,15 +137,6 @@ class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
             elif not isinstance(ctx, Stop):
                 self.reject("bad_request")
 
-    def _count_head(self, began: bool, size: int) -> None:
-        """Bound a head that llhttp is still buffering (one field spread over many reads)."""
-        if began:
-            self.head_size += size
-        else:  # the head started inside this read: count what the callbacks saw
-            self.head_size = len(self.url) + self.hsize
-        if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
-            raise Reject("headers_too_large" if self.url_done else "uri_too_long")
-
     # --- writing -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self.corked is not None:
@@ -201,14 +183,6 @@ class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
         if not self.closed:
             self.transport.pause_reading()
 
-    def must_close(self, ex: Exchange) -> bool:
-        return (
-            not ex.keep_alive
-            or self.server.draining
-            or ex.seq >= self.limits.keepalive_requests
-            or (self.closing and len(self.queue) <= 1)
-        )
-
     # --- pipeline ----------------------------------------------------------------------------
     def finished(self, ex: Exchange) -> None:
         """`ex` wrote its whole response (or gave up): close or go on with the next request."""
@@ -224,7 +198,7 @@ class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
         if ex.close_after:
             self.closed = True
             self.closing = True
-            if not ex.req_done or ex.error in CLOSING:
+            if lingers(ex.req_done, ex.error):
                 self._linger()
             else:
                 self.transport.close()
@@ -261,82 +235,16 @@ class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
             self.block_read(BLOCK_PIPE)
 
     # --- httptools callbacks -------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.url_done = False
-        self.url = b""
-        self.headers: list[hdr.Header] = []
-        self.hsize = 0
-        self.fields = 0
-        self.hosts = 0
-        self.cl: list[bytes] = []
-        self.te: list[bytes] = []
-        self.conn_values: list[bytes] = []
-        self.expect: bytes | None = None
-        self.xff: bytes | None = None
-        self.rid: bytes | None = None
-        self.xfp: bytes | None = None
-        self.looped = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_LINE:
-            raise Reject("uri_too_long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # chunked trailers are not forwarded
-        self.url_done = True
-        size = len(name) + len(value) + 2  # the field line "name: value"
-        self.hsize += size + 2  # and its CRLF
-        # Every field line counts, also the ones dropped below: the limits bound what the
-        # client sent, not what is forwarded.
-        self.fields += 1
-        if self.fields > MAX_HEADERS or size > MAX_FIELD or self.hsize > MAX_HEADERS_TOTAL:
-            raise Reject("headers_too_large")
-        lname = name.lower()
-        if b"_" in lname:
-            return
-        value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
-        if lname in SPECIAL:
-            self._special(lname, value)
-        self.headers.append((lname, name, value))
-
-    def _special(self, lname: bytes, value: bytes) -> None:
-        if lname == b"host":
-            self.hosts += 1
-            if value != self.valid_host:  # a keep-alive client repeats its Host
-                if HOST.fullmatch(value) is None:
-                    raise Reject("bad_request")
-                self.valid_host = value
-        elif lname == b"content-length":
-            self.cl.append(value)
-        elif lname == b"transfer-encoding":
-            self.te.append(value)
-        elif lname == b"connection":
-            self.conn_values.append(value)
-        elif lname == b"expect":
-            self.expect = value if self.expect is None else b"\x00"
-        elif lname == b"x-forwarded-for":
-            self.xff = value if self.xff is None else self.xff + b", " + value
-        elif lname == b"x-request-id":
-            self.rid = value
-        elif lname == b"x-forwarded-proto":
-            self.xfp = value
-        elif lname == b"via":
-            self.looped = self.looped or our_via(value)
-
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.url_done = True
         self.head_size = 0
         self.deadline_kind = None
         self.requests += 1
-        req = self._request()
-        ex = Exchange(self, req)
+        ex = Exchange(self, self._request())
         if ex.local is None:
             ex.prepare(self.server.get_table(), LazyHeaders(self.headers), self.expect)
-        if ex.chunked or ex.content_length:
+        if ex.req.chunked or ex.req.content_length:
             self.parsing = ex
             self.last_body = self.loop.time()
             self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
@@ -348,35 +256,6 @@ class ClientConnection(ClientTimers[Exchange], asyncio.Protocol):
             self.parsing = None
             self._stop_reading()
             raise Stop
-
-    def _request(self) -> tuple[Any, ...]:
-        """The parsed request, as `proxy.dataplane.request.REQUEST_FIELDS`."""
-        p = self.parser
-        method = p.get_method()
-        http10 = p.get_http_version() == "1.0"
-        cl = self.cl
-        error = framing_error(method, http10, self.hosts, cl, self.te, self.url, self.looped)
-        rid = self.rid
-        if rid is None or not hdr.valid_request_id(rid):
-            rid = new_request_id()
-        trusted = self.limits.trusted_hops
-        peer = self.peer
-        return (
-            method,
-            origin_form(self.url),
-            http10,
-            p.should_keep_alive(),
-            self.headers,
-            int(cl[0]) if cl and error is None else None,
-            bool(self.te) and error is None,
-            rid,
-            hdr.client_address(peer, self.xff, trusted) if trusted else peer,
-            hdr.nominated(self.conn_values) if self.conn_values else NONE,
-            hdr.forwarded_for(self.xff, peer),
-            self.xfp if trusted > 0 and self.xfp else b"http",
-            self.hosts == 1,
-            error,
-        )
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -457,10 +336,10 @@ class ProxyServer:
             goals.observe(
                 name,
                 ex.subset,
-                ex.method.decode("latin-1"),
-                ex.target.decode("latin-1"),
-                header_dict(ex.headers),
-                ex.client_ip,
+                ex.req.method.decode("latin-1"),
+                ex.req.target.decode("latin-1"),
+                header_dict(ex.req.headers),
+                ex.req.client_ip,
             )
 
     async def drain(self, timeout: float) -> None:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from proxy import headers as hdr
+from proxy.config.schema import Limits
+
+# Why a client connection's reads are paused (bits, set and cleared independently):
+# BLOCK_UP - the upstream is slower than the client (body backpressure);
+# BLOCK_PIPE - a pipelined request waits for the exchange ahead of it;
+# BLOCK_CONN - the body waits for an upstream connection.
+BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4
 
 
 class Client(Protocol):
@@ -17,7 +25,10 @@ class Client(Protocol):
 
     server: Any
     loop: asyncio.AbstractEventLoop
+    limits: Limits
+    queue: deque[Any]  # its exchanges, in pipeline order
     requests: int
+    closing: bool  # no further request is read
     write_paused: bool
     corked: list[bytes] | None
     resp_ex: Any
@@ -28,7 +39,6 @@ class Client(Protocol):
     def abort(self) -> None: ...
     def block_read(self, bit: int) -> None: ...
     def unblock_read(self, bit: int) -> None: ...
-    def must_close(self, ex: Any) -> bool: ...
     def finished(self, ex: Any) -> None: ...
     def watch_response(self, ex: Any, deadline: float) -> None: ...
 

@@ -23,19 +23,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from proxy.config.pack import unpack_config
 from proxy.config.schema import Config
 from proxy.dataplane.upstream import Pools
+from proxy.heap import keep_config, settle_heap, tune_malloc
 from proxy.metrics import ProxyMetrics
-from proxy.net import (
-    StartupError,
-    bind,
-    build_table_stepwise,
-    keep_config,
-    settle_heap,
-    tune_malloc,
-)
-from proxy.routing.table import BuildCache, RoutingTable, retire
-from proxy.tasks import spawn
+from proxy.net import StartupError, bind
+from proxy.routing.table import BuildCache, RoutingTable, iter_build_table, retire
+from proxy.tasks import run_sliced, spawn
 from proxy.workers.goals import GoalRelay
 from proxy.workers.wire import (
     REPORT_EVERY,
@@ -44,7 +39,6 @@ from proxy.workers.wire import (
     State,
     frame,
     read_frame,
-    unpack_config,
 )
 
 log = logging.getLogger("canaryproxy.worker")
@@ -74,7 +68,7 @@ class Worker:
         config = await unpack_config(state.config) if state.config else self.config
         assert config is not None
         try:
-            table = await build_table_stepwise(config, state.overrides, self.cache)
+            table = await run_sliced(iter_build_table(config, state.overrides, self.cache))
         except ValueError as exc:  # the supervisor built the same table first; kept as a guard
             log.error("worker %d: routing state rejected: %s", os.getpid(), exc)
             return

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import proxy
+from proxy.config.pack import pack_config
 from proxy.config.schema import Config
 from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
 from proxy.tasks import spawn
 from proxy.workers.goals import GoalEvent
-from proxy.workers.wire import Ready, Report, State, frame, pack_config, read_frame
+from proxy.workers.wire import Ready, Report, State, frame, read_frame
 
 log = logging.getLogger("canaryproxy")
 

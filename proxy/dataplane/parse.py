@@ -1,0 +1,145 @@
+"""A request head as llhttp's callbacks deliver it (mixed into `ClientConnection`).
+
+The callbacks collect the fields, bound the head (RELIABILITY.md rows 1-3), check Host and
+remember the fields the proxy reads itself (framing, Connection, Expect, forwarding, Via);
+`_request` turns them into the `Request` record an exchange is built from. A field name with
+an underscore is dropped (as nginx does). The state lives on the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import headers as hdr
+from proxy.config.schema import Limits
+from proxy.dataplane.request import (
+    HOST,
+    MAX_FIELD,
+    MAX_HEADERS,
+    MAX_HEADERS_TOTAL,
+    MAX_LINE,
+    NONE,
+    SPECIAL,
+    Reject,
+    Request,
+    framing_error,
+    new_request_id,
+    origin_form,
+    our_via,
+)
+
+
+class RequestHeadParser:
+    """httptools request callbacks up to the end of the head."""
+
+    # Set by ClientConnection.__init__ (declared here for the type checker).
+    parser: Any
+    limits: Limits
+    peer: str
+    in_head: bool
+    head_size: int
+    url_done: bool
+    valid_host: bytes  # the last Host value that passed the syntax check
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url_done = False
+        self.url = b""
+        self.headers: list[hdr.Header] = []
+        self.hsize = 0
+        self.fields = 0
+        self.hosts = 0
+        self.cl: list[bytes] = []
+        self.te: list[bytes] = []
+        self.conn_values: list[bytes] = []
+        self.expect: bytes | None = None
+        self.xff: bytes | None = None
+        self.rid: bytes | None = None
+        self.xfp: bytes | None = None
+        self.looped = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_LINE:
+            raise Reject("uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # chunked trailers are not forwarded
+        self.url_done = True
+        size = len(name) + len(value) + 2  # the field line "name: value"
+        self.hsize += size + 2  # and its CRLF
+        # Every field line counts, also the ones dropped below: the limits bound what the
+        # client sent, not what is forwarded.
+        self.fields += 1
+        if self.fields > MAX_HEADERS or size > MAX_FIELD or self.hsize > MAX_HEADERS_TOTAL:
+            raise Reject("headers_too_large")
+        lname = name.lower()
+        if b"_" in lname:
+            return
+        value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
+        if lname in SPECIAL:
+            self._special(lname, value)
+        self.headers.append((lname, name, value))
+
+    def _special(self, lname: bytes, value: bytes) -> None:
+        if lname == b"host":
+            self.hosts += 1
+            if value != self.valid_host:  # a keep-alive client repeats its Host
+                if HOST.fullmatch(value) is None:
+                    raise Reject("bad_request")
+                self.valid_host = value
+        elif lname == b"content-length":
+            self.cl.append(value)
+        elif lname == b"transfer-encoding":
+            self.te.append(value)
+        elif lname == b"connection":
+            self.conn_values.append(value)
+        elif lname == b"expect":
+            self.expect = value if self.expect is None else b"\x00"
+        elif lname == b"x-forwarded-for":
+            self.xff = value if self.xff is None else self.xff + b", " + value
+        elif lname == b"x-request-id":
+            self.rid = value
+        elif lname == b"x-forwarded-proto":
+            self.xfp = value
+        elif lname == b"via":
+            self.looped = self.looped or our_via(value)
+
+    def _count_head(self, began: bool, size: int) -> None:
+        """Bound a head that llhttp is still buffering (one field spread over many reads)."""
+        if began:
+            self.head_size += size
+        else:  # the head started inside this read: count what the callbacks saw
+            self.head_size = len(self.url) + self.hsize
+        if self.head_size > MAX_LINE + MAX_HEADERS_TOTAL + 1024:
+            raise Reject("headers_too_large" if self.url_done else "uri_too_long")
+
+    def _request(self) -> Request:
+        """The parsed request (once its head is complete)."""
+        p = self.parser
+        method = p.get_method()
+        http10 = p.get_http_version() == "1.0"
+        cl = self.cl
+        error = framing_error(method, http10, self.hosts, cl, self.te, self.url, self.looped)
+        rid = self.rid
+        if rid is None or not hdr.valid_request_id(rid):
+            rid = new_request_id()
+        trusted = self.limits.trusted_hops
+        peer = self.peer
+        return Request(  # positional, in field order: the cheapest way to build it
+            method,
+            origin_form(self.url),
+            http10,
+            p.should_keep_alive(),
+            self.headers,
+            int(cl[0]) if cl and error is None else None,
+            bool(self.te) and error is None,
+            rid,
+            hdr.client_address(peer, self.xff, trusted) if trusted else peer,
+            hdr.nominated(self.conn_values) if self.conn_values else NONE,
+            hdr.forwarded_for(self.xff, peer),
+            self.xfp if trusted > 0 and self.xfp else b"http",
+            self.hosts == 1,
+            error,
+        )

@@ -1,0 +1,171 @@
+"""The response side of an exchange: head, body and end, streamed to the client.
+
+`ResponseStream` is the base of `proxy.dataplane.exchange.Exchange` and holds the state the
+response needs. Writes go through the client's cork, so one upstream read becomes one send;
+an upstream whose reads outrun the client is paused (and the client's reads while the upstream
+cannot take more). A body that outlives one read is watched for inactivity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy import headers as hdr
+from proxy.dataplane.errors import status_line
+from proxy.dataplane.heads import NONE
+from proxy.dataplane.heads import nominated as _nominated
+from proxy.dataplane.request import Request
+from proxy.dataplane.rules import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    connection_field,
+    must_close,
+    response_framing,
+)
+from proxy.dataplane.types import Client
+from proxy.dataplane.upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
+from proxy.dataplane.upstream import UpstreamPool
+
+
+class ResponseStream:
+    __slots__ = (
+        "client",
+        "loop",
+        "t0",
+        "seq",
+        "req",
+        "pool",
+        "conn",
+        "policy",
+        "set_cookie",
+        "req_done",
+        "resp_started",
+        "mode",
+        "status",
+        "bytes_sent",
+        "close_after",
+        "done",
+        "timer",
+        "error",
+    )
+    # Set by Exchange.__init__ (declared here for the type checker).
+    client: Client
+    loop: asyncio.AbstractEventLoop
+    t0: float  # loop time the request head was complete
+    seq: int  # position on its client connection
+    req: Request
+    pool: UpstreamPool
+    conn: UpstreamConnection | None
+    policy: hdr.Policy  # header edits of (route, subset)
+    set_cookie: str | None
+    req_done: bool  # the request body was read to its end
+    resp_started: bool  # the response head went to the client
+    mode: int  # rules.NO_BODY | LENGTH | CHUNKED | UNTIL_CLOSE
+    status: int
+    bytes_sent: int
+    close_after: bool  # the client connection closes after this exchange
+    done: bool
+    timer: asyncio.TimerHandle | None  # fault delay, then the body inactivity timer
+    error: str  # the failure reason logged, "" when none
+
+    def _response_head(
+        self, status: int, headers: list, length: bytes | None, connection: list[bytes]
+    ) -> bytes:
+        req = self.req
+        nominated = _nominated(connection) if connection else NONE
+        lines = hdr.response_lines(headers, nominated, self.policy, self.set_cookie)
+        mode, framing = response_framing(req.method, req.http10, status, length)
+        self.mode = mode
+        client = self.client
+        close = self.close_after or must_close(  # as Exchange._must_close, inlined (hot)
+            req.keep_alive,
+            mode == UNTIL_CLOSE,
+            self.seq,
+            client.limits.keepalive_requests,
+            client.server.draining,
+            client.closing,
+            len(client.queue),
+        )
+        self.close_after = close
+        return status_line(status) + lines + framing + connection_field(close, req.http10) + b"\r\n"
+
+    # --- upconn.Handler ------------------------------------------------------------------------
+    def up_body(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        if self.mode == CHUNKED:
+            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])  # heads.chunk
+        else:
+            self.client.write(data)
+
+    def up_done(self, reusable: bool) -> None:
+        if self.done:
+            self._cancel_timer()
+        if self.mode == CHUNKED:
+            self.client.write(b"0\r\n\r\n")
+        conn, self.conn = self.conn, None
+        # An answer before the request body ended (e.g. nginx `return`): the client side keeps
+        # reading and dropping the rest of the body; the upstream connection is not reused.
+        if conn is not None:
+            self.pool.release(conn, reusable and self.req_done)
+        self._finish(self.status)
+
+    def up_cork(self) -> None:
+        client = self.client
+        if client.corked is None:  # inlined ClientConnection.cork: once per upstream read
+            client.corked = []
+
+    def up_uncork(self) -> None:
+        self.client.uncork()
+        if self.resp_started and not self.done and self.timer is None:
+            # Only a body that outlives one read needs the inactivity timer.
+            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT, self._body_idle)
+
+    def up_pause(self) -> None:
+        self.client.block_read(1)
+
+    def up_resume(self) -> None:
+        self.client.unblock_read(1)
+
+    # --- endings -----------------------------------------------------------------------------
+    def _body_idle(self) -> None:
+        self.timer = None
+        conn = self.conn
+        if conn is None or self.done:
+            return
+        idle = self.loop.time() - conn.last_read
+        if idle < BODY_IDLE_TIMEOUT or self.client.write_paused:
+            self.timer = self.loop.call_later(BODY_IDLE_TIMEOUT - idle + 0.01, self._body_idle)
+            return
+        self.error = "upstream_timeout"
+        self._drop_conn()
+        self._truncate()
+
+    def _drop_conn(self) -> None:
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+            self.pool.release(conn, False)
+
+    def _cancel_timer(self) -> None:
+        client = self.client
+        if client.resp_ex is self:
+            client.resp_ex = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _truncate(self) -> None:
+        """The response cannot be completed: close the client without a clean end."""
+        self.close_after = True
+        self.client.abort()
+        self._finish(self.status)
+
+    def _finish(self, code: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        seconds = self.loop.time() - self.t0
+        self.client.server.record(self, code, seconds)
+        self.client.finished(self)
