@@ -84,6 +84,37 @@ def route_costs() -> dict[str, float]:
     return out
 
 
+def hosts_table(n: int) -> Any:
+    """`n` virtual hosts, one route each (half exact, half wildcard) and a host-less default."""
+    ups = {"v1": {"endpoints": ["127.0.0.1:9001"]}, "v2": {"endpoints": ["127.0.0.1:9002"]}}
+    routes: list[dict[str, Any]] = []
+    for i in range(n):
+        host = f"svc-{i}.example.com" if i % 2 == 0 else f"*.svc-{i}.example.com"
+        routes.append({"name": f"h{i}", "hosts": [host], "route": [{"destination": "v1"}]})
+    routes.append({"name": "default", "route": [{"destination": "v1"}, {"destination": "v2"}]})
+    config, errors = validate({"listen": "127.0.0.1:8080", "upstreams": ups, "routes": routes})
+    if config is None:
+        raise SystemExit(f"bench config invalid: {errors}")
+    return build_table(config)
+
+
+def host_costs(counts: tuple[int, ...] = (1, 100, 1000)) -> dict[str, float]:
+    """Decision cost with 1, 100 and 1,000 hosts: an exact host, a wildcard host and a host
+    no route names (which falls to the host-less default)."""
+    out = {}
+    for n in counts:
+        table = hosts_table(n)
+        last_exact = f"svc-{(n - 1) // 2 * 2}.example.com:8080"
+        cases = [("exact", last_exact), ("unknown host", "other.example.org")]
+        if n > 1:
+            cases.insert(1, ("wildcard", f"a.b.svc-{n - 1 if n % 2 == 0 else n - 2}.example.com"))
+        for what, host in cases:
+            out[f"route ({n} hosts, {what})"] = per_call_us(
+                lambda t=table, h={"host": host}: t.decide("GET", "/", h, "127.0.0.1", 0.5)
+            )
+    return out
+
+
 def parse_cost() -> float:
     sink = _Sink()
     parser = httptools.HttpRequestParser(sink)
@@ -141,6 +172,7 @@ def send_cost(size: int = 160) -> float:
 def run() -> dict[str, float]:
     out = {"parse (httptools + callbacks)": parse_cost()}
     out.update(route_costs())
+    out.update(host_costs())
     out["header blocks (request_lines + response_lines)"] = header_cost()
     out.update(metrics_costs())
     out["one send() syscall, 160 B loopback"] = send_cost()

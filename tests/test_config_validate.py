@@ -89,7 +89,7 @@ def test_spec_example_parses_into_the_dataclasses() -> None:
     assert [(d.subset, d.weight) for d in default.destinations] == [("v1", 95.0), ("v2", 5.0)]
     assert default.split == s.Split("header", "user-id")
     assert default.sticky == s.Sticky("version", 86400)
-    assert default.mirror == s.Mirror("v2", 10.0)
+    assert default.mirror == (s.Mirror("v2", 10.0),)
     assert default.timeout == 90.0
     assert default.retries == s.Retries(2, 0.5, frozenset({"connect-failure", "503"}))
     (canary,) = config.canaries

@@ -35,8 +35,8 @@ def test_weights_filters_mirror_and_timeout_translate() -> None:
     assert split is not None
     assert [(d.subset, d.weight) for d in split.destinations] == [("foo-v1", 90), ("foo-v2", 10)]
     canary = config.route("foo-route-2")
-    assert canary is not None and canary.mirror is not None
-    assert (canary.mirror.destination, canary.mirror.percent) == ("foo-v1", 50)
+    assert canary is not None and len(canary.mirror) == 1
+    assert (canary.mirror[0].destination, canary.mirror[0].percent) == ("foo-v1", 50)
     assert canary.headers.request.add == (("x-canary", "true"),)
     assert dict(canary.match[0].headers)["traffic"] == StringMatch("exact", "test")
     api = config.route("foo-route-1")

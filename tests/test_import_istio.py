@@ -69,10 +69,8 @@ def test_full_route_translates_every_supported_field() -> None:
     assert rule.path == StringMatch("prefix", "/api") and rule.method == frozenset({"GET", "HEAD"})
     assert dict(rule.headers)["x-legacy"] == StringMatch("absent")
     assert dict(rule.query)["debug"] == StringMatch("exact", "1")
-    assert route.mirror is not None and (route.mirror.destination, route.mirror.percent) == (
-        "v2",
-        12.5,
-    )
+    assert len(route.mirror) == 1
+    assert (route.mirror[0].destination, route.mirror[0].percent) == ("v2", 12.5)
     assert (
         route.fault is not None and route.fault.delay is not None and route.fault.abort is not None
     )

@@ -31,7 +31,7 @@ DEFAULT = Route(
     (Destination("v1", 90), Destination("v2", 10)),
     split=Split("header", "user-id"),
     sticky=Sticky("ver", 60),
-    mirror=Mirror("v2", 5),
+    mirror=(Mirror("v2", 5),),
 )
 CONFIG = Config(
     listen="127.0.0.1:0",
@@ -61,7 +61,7 @@ def test_explain_says_why_earlier_routes_failed_and_gives_the_hash() -> None:
     assert ans["split"]["buckets"] == {"v1": [0, 9000], "v2": [9000, 10000]}
     assert (ans["subset"], ans["reason"]) == ("v2", "hash")
     assert ans["sticky"]["set_cookie"] == "ver=v2; Max-Age=60; Path=/; HttpOnly; SameSite=Lax"
-    assert ans["mirror"] == {"to": "v2", "percent": 5}
+    assert ans["mirror"] == [{"to": "v2", "percent": 5}]
     json.dumps(ans)
 
 

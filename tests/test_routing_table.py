@@ -203,11 +203,13 @@ def test_canary_match_goes_first_even_at_weight_zero() -> None:
 
 
 def test_mirror_percent_and_never_to_itself() -> None:
-    r = Route("default", (Destination("v1", 1), Destination("v2", 0)), mirror=Mirror("v2", 25))
+    r = Route("default", (Destination("v1", 1), Destination("v2", 0)), mirror=(Mirror("v2", 25),))
     t = build_table(cfg(r))
-    mirrored = sum(t.decide("GET", "/", {}, "", i / 100_000).mirror == "v2" for i in range(100_000))
+    mirrored = sum(
+        t.decide("GET", "/", {}, "", i / 100_000).mirror == ("v2",) for i in range(100_000)
+    )
     assert 24_000 <= mirrored <= 26_000
-    self_route = Route("x", (Destination("v2", 1),), mirror=Mirror("v2", 100))
+    self_route = Route("x", (Destination("v2", 1),), mirror=(Mirror("v2", 100),))
     assert build_table(cfg(self_route)).decide("GET", "/", {}, "", 0.0).mirror is None
 
 

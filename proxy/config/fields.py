@@ -85,6 +85,7 @@ class Ctx:
         self.errors: list[Error] = []
         self.upstreams: list[str] = []
         self.routes: dict[str, s.Route] = {}
+        self.listeners: list[str] = ["default"]  # names routes may refer to
 
     def err(self, path: str, message: str) -> Any:
         self.errors.append((path, message))

@@ -135,14 +135,53 @@ class Preview:
     value: str = "1"
 
 
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer with a redirect; each part left None keeps the request's own (SPEC §6)."""
+
+    scheme: str | None = None  # http | https
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None  # the whole path
+    prefix: str | None = None  # replaces the matched path prefix
+    status: int = 302
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """How the forwarded request differs from the one received (never in metrics/logs)."""
+
+    prefix: str | None = None  # replaces the matched path prefix
+    path: str | None = None  # replaces the whole path
+    regex: str | None = None  # RE2 syntax, with `substitution` (\\1 for groups)
+    substitution: str | None = None
+    host: str | None = None  # the Host header sent upstream
+
+
+@dataclass(frozen=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+FAILOVER = ("connect", "off")
+
+
 @dataclass(frozen=True)
 class Route:
+    """One entry of `routes:`. Exactly one of destinations (`route:`), `redirect` and
+    `direct_response` is set; `destinations` is () for the other two."""
+
     name: str
     destinations: tuple[Destination, ...]
     match: tuple[MatchRule, ...] = ()  # empty: matches every request
     split: Split = field(default_factory=Split)
     sticky: Sticky | None = None
-    mirror: Mirror | None = None
+    mirror: tuple[Mirror, ...] = ()  # `mirror:` as one mapping or a list
     timeout: float = 15.0  # response-header timeout of the whole exchange
     retries: Retries = field(default_factory=Retries)
     fault: Fault | None = None
@@ -150,6 +189,12 @@ class Route:
     max_body: int = 10 * 1024 * 1024
     service: str = ""  # destination_service label; "" means the route name
     preview: Preview | None = None
+    hosts: tuple[str, ...] = ()  # lower-case; "*.x" a suffix wildcard; empty: any host
+    listeners: tuple[str, ...] = ()  # listener names; empty: every listener
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    failover: str = "connect"  # connect | off
 
 
 @dataclass(frozen=True)
@@ -293,7 +338,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Listener:
+    name: str
+    listen: str
+
+
+@dataclass(frozen=True)
 class Config:
+    """`listen` is the first listener's address (the only one without `listeners:`)."""
+
     listen: str
     upstreams: tuple[Upstream, ...]
     routes: tuple[Route, ...]
@@ -303,6 +356,10 @@ class Config:
     identity: Identity = field(default_factory=Identity)
     limits: Limits = field(default_factory=Limits)
     canaries: tuple[Canary, ...] = ()
+    listeners: tuple[Listener, ...] = ()  # empty: one listener "default" on `listen`
+
+    def all_listeners(self) -> tuple[Listener, ...]:
+        return self.listeners or (Listener("default", self.listen),)
 
     def upstream(self, name: str) -> Upstream | None:
         for u in self.upstreams:

@@ -39,6 +39,7 @@ from proxy.config.fields import (
     set_of,
 )
 from proxy.config.validate_canaries import canaries
+from proxy.config.validate_gateway import listeners
 from proxy.config.validate_routes import routes
 
 __all__ = ["Error", "Lines", "parse_duration", "validate"]
@@ -109,6 +110,7 @@ _IDENTITY: dict[str, Reader] = {"region_header": header_name, "user_header": hea
 # dict order is read order: upstreams before routes before canaries, which refer back
 _TOP: dict[str, Reader] = {
     "listen": host_port(0),
+    "listeners": listeners,
     "admin": record(s.Admin, {"listen": host_port(0), "token_env": env_name}),
     "access_log": access_log,
     "metrics": record(s.Metrics, {"compat": set_of(one_of("istio", "http"), nonempty_=False)}),
@@ -131,13 +133,19 @@ def validate(data: object, lines: Lines = None) -> tuple[s.Config | None, list[E
         data = {}
     if isinstance(data, dict):  # `x-` keys hold YAML anchors to reuse (as docker compose)
         data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
-    m = ctx.mapping(data, "", list(_TOP), ["listen", "upstreams", "routes"])
+    if isinstance(data, dict) and ("listen" in data) == ("listeners" in data):
+        both = "listen" in data
+        ctx.err("listen", "give listen (one address) or listeners (a list), not both" if both
+                else "is required")  # fmt: skip
+    m = ctx.mapping(data, "", list(_TOP), ["upstreams", "routes"])
     if m is None:
         return None, ctx.errors
     kw = read_keys(ctx, m, "", _TOP)
     if ctx.errors:
         return None, _ordered(ctx.errors, lines)
     kw.setdefault("canaries", ())
+    if "listeners" in kw:
+        kw["listen"] = kw["listeners"][0].listen
     return s.Config(**kw), []
 
 

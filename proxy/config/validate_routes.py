@@ -40,6 +40,7 @@ from proxy.config.fields import (
     str_map,
     string,
 )
+from proxy.config.validate_gateway import check_action, gateway_keys
 
 # ---- match rules ---------------------------------------------------------------------------
 
@@ -140,7 +141,6 @@ def split(ctx: Ctx, value: object, path: str) -> Any:
 
 
 sticky = record(s.Sticky, {"cookie": cookie_name, "max_age": seconds_int}, ["cookie"])
-mirror = record(s.Mirror, {"destination": subset_ref, "percent": percent}, ["destination"])
 _RETRIES: dict[str, Reader] = {
     "attempts": at_least(0, integer=True),
     "per_try_timeout": positive_duration,
@@ -172,7 +172,6 @@ _ROUTE: dict[str, Reader] = {
     "match": match_list,
     "split": split,
     "sticky": sticky,
-    "mirror": mirror,
     "timeout": positive_duration,
     "retries": retries,
     "fault": fault,
@@ -180,13 +179,15 @@ _ROUTE: dict[str, Reader] = {
     "max_body": at_least(0, integer=True),
     "service": nonempty,
     "preview": preview,
+    **gateway_keys(subset_ref),
 }
 
 
 def route(ctx: Ctx, value: object, path: str) -> Any:
-    m = ctx.mapping(value, path, list(_ROUTE), ["name", "route"])
+    m = ctx.mapping(value, path, list(_ROUTE), ["name"])
     if m is None:
         return BAD
+    check_action(ctx, m, path)
     kw = read_keys(ctx, m, path, _ROUTE)
     dests = kw.pop("route", ())
     _check_destinations(ctx, dests, join(path, "route"))

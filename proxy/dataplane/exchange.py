@@ -80,7 +80,7 @@ class Exchange(ResponseStream):
         self.route: CompiledRoute = None  # type: ignore[assignment]
         self.subset = ""
         self.set_cookie: str | None = None
-        self.mirror: str | None = None
+        self.mirror: tuple[str, ...] | None = None
         self.pool: UpstreamPool = None  # type: ignore[assignment]
         self.conn: UpstreamConnection | None = None
         self.ep: Endpoint = None  # type: ignore[assignment]
@@ -166,18 +166,19 @@ class Exchange(ResponseStream):
             self._start_mirror()
 
     def _start_mirror(self) -> None:
-        """Send a copy to the mirror Subset once the whole (small) request is known."""
+        """Send a copy to each mirror Subset once the whole (small) request is known."""
         if self.mirror is None or not self.head or not self.req_done or self.body is None:
             return
-        pool = self.client.server.pools.pool(self.mirror)
-        mirror, self.mirror = self.mirror, None
-        if pool is None:
-            return
-        payload = mirror_payload(self.req, mirror, self.head, self.body)
-        MirrorExchange(pool, payload, self.route.timeout).start()
-        metrics = self.client.server.metrics
-        if metrics is not None:
-            metrics.mirrored(self.route.name, mirror)
+        mirrors, self.mirror = self.mirror, None
+        server = self.client.server
+        for mirror in mirrors:
+            pool = server.pools.pool(mirror)
+            if pool is None:
+                continue
+            payload = mirror_payload(self.req, mirror, self.head, self.body)
+            MirrorExchange(pool, payload, self.route.timeout).start()
+            if server.metrics is not None:
+                server.metrics.mirrored(self.route.name, mirror)
 
     def _attempt(self, fresh: bool) -> None:
         if self.loop.time() - self.t0 >= self.route.timeout > 0:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxy.routing.match import CompiledRule, Request, with_cookies
-from proxy.routing.route import CompiledRoute, split_key_value
+from proxy.routing.rewrite import redirect_location
+from proxy.routing.route import DIRECT_RESPONSE, REDIRECT, CompiledRoute, split_key_value
 from proxy.routing.split import bucket_of, pick_hash, probabilities
 
 
@@ -95,16 +96,55 @@ def _sticky_info(cr: CompiledRoute, req: Request, picked: dict[str, Any]) -> dic
     return info
 
 
+def _target(req: Request) -> str:
+    return req.path + ("?" + req.query_string if req.query_string else "")
+
+
+def _action(cr: CompiledRoute, req: Request) -> dict[str, Any] | None:
+    """What a redirect or direct-response route answers; None for a forwarding route."""
+    authority = req.headers.get("host") or ""
+    if cr.redirect is not None:
+        rd = cr.redirect
+        where = redirect_location(rd, "http", authority, 80, _target(req), cr.prefixes)
+        return {
+            "reason": REDIRECT,
+            "subset": None,
+            "redirect": {
+                "status": rd.status,
+                "location": where,
+                "note": "scheme and port as if received on http:80",
+            },
+        }
+    if cr.direct is not None:
+        return {
+            "reason": DIRECT_RESPONSE,
+            "subset": None,
+            "direct_response": {
+                "status": cr.direct.status,
+                "body_bytes": len(cr.direct.body.encode()),
+            },
+        }
+    return None
+
+
 def _route_answer(cr: CompiledRoute, req: Request, matched: dict[str, Any]) -> dict[str, Any]:
-    picked = _pick(cr, req)
     ans: dict[str, Any] = {"route": cr.name, "service": cr.service, "matched": matched}
+    if cr.hosts:
+        ans["hosts"] = list(cr.hosts)
+    action = _action(cr, req)
+    if action is not None:
+        return {**ans, **action}
+    picked = _pick(cr, req)
     ans["weights"] = dict(zip(cr.weighted.subsets, cr.weighted.weights, strict=True))
     ans["probabilities"] = probabilities(cr.weighted)
     ans.update(picked)
     if cr.sticky_cookie is not None:
         ans["sticky"] = _sticky_info(cr, req, picked)
-    if cr.mirror_to is not None:
-        ans["mirror"] = {"to": cr.mirror_to, "percent": cr.mirror_percent}
+    if cr.mirrors:
+        ans["mirror"] = [{"to": to, "percent": percent} for to, percent in cr.mirrors]
+    if cr.rewrite is not None:
+        rw = cr.rewrite
+        ans["rewrite"] = {"target": rw.target(_target(req), cr.prefixes), "host": rw.host}
     return ans
 
 

@@ -157,3 +157,16 @@ def compile_full(pattern: str) -> Callable[[str], bool]:
         return lambda subject: linear(subject) is not None
     fullmatch = re.compile(pattern).fullmatch
     return lambda subject: fullmatch(subject) is not None
+
+
+def compile_sub(pattern: str, substitution: str) -> Callable[[str], str]:
+    """`subject -> subject` with every match of `pattern` (RE2 syntax) replaced by
+    `substitution`, where `\\1`..`\\9` are the groups (as Envoy's regex_rewrite).
+
+    Raises ValueError for a pattern that `regex_error` rejects.
+    """
+    problem = regex_error(pattern)
+    if problem is not None:
+        raise ValueError(problem)
+    engine = _re2_compile(pattern) if needs_linear_engine(pattern) else re.compile(pattern)
+    return lambda subject: engine.sub(substitution, subject)

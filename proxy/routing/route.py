@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.config.schema import Fault, HeaderPolicy, Retries, Route
+from proxy.config.schema import DirectResponse, Fault, HeaderPolicy, Redirect, Retries, Route
 from proxy.routing.match import Check, CompiledRule, Request
+from proxy.routing.rewrite import PathRewrite
 from proxy.routing.split import Weighted, bucket_of, mirror_hit, pick_hash, pick_random
 
-# Decision.reason values: how the subset was picked.
+# Decision.reason values: how the subset was picked (or what the route does instead).
 WEIGHTS, HASH, STICKY, PREVIEW, CANARY_MATCH, NO_WEIGHT, NO_ROUTE = (
     "weights",
     "hash",
@@ -23,6 +24,7 @@ WEIGHTS, HASH, STICKY, PREVIEW, CANARY_MATCH, NO_WEIGHT, NO_ROUTE = (
     "no_weight",
     "no_route",
 )
+REDIRECT, DIRECT_RESPONSE = "redirect", "direct_response"
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
@@ -47,8 +49,7 @@ class CompiledRoute:
     set_cookies: dict[str, str]  # subset -> Set-Cookie value
     idle: str | None  # preview target
     preview: tuple[str, str] | None  # (lower-case header, value)
-    mirror_to: str | None
-    mirror_percent: float
+    mirrors: tuple[tuple[str, float], ...]  # (subset, percent), in config order
     canary_subset: str | None
     canary_rules: tuple[CompiledRule, ...]
     test: Check | None  # the whole match list as one callable; None: every request
@@ -58,10 +59,19 @@ class CompiledRoute:
     index_keys: tuple[tuple[str, str], ...] | None
     # Decisions are immutable and drawn from a small set per route: built once, then shared
     # (a frozen dataclass costs ~0.4 us to construct).
-    decisions: dict[tuple[str | None, str | None, str | None, str], Decision]
+    decisions: dict[tuple[str | None, str | None, Mirrors, str], Decision]
+    hosts: tuple[str, ...] = ()
+    listeners: tuple[str, ...] = ()
+    redirect: Redirect | None = None  # set: the route answers with a redirect
+    direct: DirectResponse | None = None  # set: the route answers with this
+    rewrite: PathRewrite | None = None  # how the forwarded request's target and Host change
+    prefixes: tuple[str, ...] = ("/",)  # the path prefixes matched (rewrite.matched_prefix)
+    # subset -> the other destinations to try when it has no healthy endpoint or refuses
+    # the connection (heaviest first, weight > 0 only); empty with `failover: off`
+    failover: dict[str, tuple[str, ...]] | None = None
 
     def decision(
-        self, subset: str | None, cookie: str | None, mirror: str | None, reason: str
+        self, subset: str | None, cookie: str | None, mirror: Mirrors, reason: str
     ) -> Decision:
         key = (subset, cookie, mirror, reason)
         d = self.decisions.get(key)
@@ -73,16 +83,21 @@ class CompiledRoute:
         return f"CompiledRoute({self.name!r})"
 
 
+Mirrors = tuple[str, ...] | None
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     route: CompiledRoute | None  # None -> 404 no_route
-    subset: str | None  # None with a route -> 503 (no weight)
+    subset: str | None  # None with a route -> 503 (no weight), or a redirect/direct response
     set_cookie: str | None  # a full Set-Cookie value for sticky, or None
-    mirror: str | None  # subset to mirror this request to, or None
+    mirror: Mirrors  # subsets to mirror this request to, or None
     reason: str  # how the subset was picked (the constants above)
 
 
 NOT_FOUND = Decision(None, None, None, None, NO_ROUTE)
+
+
 def split_key_value(cr: CompiledRoute, req: Request) -> str | None:
     """The hash key of this request, or None (random split or key missing)."""
     by = cr.split_by
@@ -106,15 +121,23 @@ def _split(cr: CompiledRoute, req: Request, rnd: float) -> tuple[str | None, str
     return subset, HASH if key is not None else WEIGHTS
 
 
-def _mirror(cr: CompiledRoute, subset: str | None, rnd: float) -> str | None:
-    to = cr.mirror_to
-    if to is None or subset is None or subset == to:
+def _mirror(cr: CompiledRoute, subset: str | None, rnd: float) -> Mirrors:
+    """The mirrors this request goes to: each for its percent of requests (one draw for
+    all, so a 10 % mirror gets a subset of a 50 % mirror's copies), never to itself."""
+    mirrors = cr.mirrors
+    if not mirrors or subset is None:
         return None
-    return to if mirror_hit(rnd, cr.mirror_percent) else None
+    if len(mirrors) == 1:
+        to, percent = mirrors[0]
+        return (to,) if to != subset and mirror_hit(rnd, percent) else None
+    hits = tuple(to for to, percent in mirrors if to != subset and mirror_hit(rnd, percent))
+    return hits or None
 
 
 def choose(cr: CompiledRoute, req: Request, rnd: float) -> Decision:
     """Pick the subset inside a matched route (order in the module docstring)."""
+    if cr.redirect is not None or cr.direct is not None:
+        return cr.decision(None, None, None, REDIRECT if cr.redirect else DIRECT_RESPONSE)
     if cr.canary_test is not None and cr.canary_test(req):
         sub = cr.canary_subset
         return cr.decision(sub, None, _mirror(cr, sub, rnd), CANARY_MATCH)

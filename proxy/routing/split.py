@@ -139,7 +139,9 @@ def format_weights(weights: Mapping[str, float]) -> str:
     return " ".join(f"{s}={w:g}" for s, w in weights.items())
 
 
-def weights_from_percent(current: Mapping[str, float], given: Mapping[str, float]) -> dict[str, float]:
+def weights_from_percent(
+    current: Mapping[str, float], given: Mapping[str, float]
+) -> dict[str, float]:
     """A route's new weights from a request that names some of its destinations.
 
     `weights ROUTE v2=10` means "v2 gets 10 %": the destinations left out share what is

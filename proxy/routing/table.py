@@ -10,7 +10,11 @@ Rules kept here (SPEC section 2):
   4. split: hash of the key (`split.by`), or random when the key is missing or by=random;
 - every weight 0 -> subset None (the data plane answers 503);
 - sticky routes set the cookie whenever the picked subset differs from the cookie's value;
-- mirror: `route.mirror.destination` for `percent` % of requests, not to itself.
+- mirror: each `route.mirror` destination for its `percent` % of requests, not to itself;
+- hosts (SPEC §6, proxy.routing.hosts): a request only sees the routes its Host may reach,
+  exact hosts first, then wildcards (longer first), then routes without hosts; listeners:
+  a route with `listeners` is seen only by requests that came in on one of them;
+- redirect and direct_response routes answer without a subset (Decision.reason says which).
 Everything per route is precomputed at build time; `decide` only reads.
 """
 
@@ -27,21 +31,17 @@ from proxy.config.schema import (
     Route,
 )
 from proxy.routing.explain import explain_request
+from proxy.routing.hosts import HostMap, host_key
 from proxy.routing.match import (
     CompiledRule,
-    HeaderIndex,
     Request,
-    build_header_index,
     compile_rules,
     exact_header_keys,
     rules_test,
 )
-from proxy.routing.route import (
-    NOT_FOUND,
-    CompiledRoute,
-    Decision,
-    choose,
-)
+from proxy.routing.rewrite import compile_rewrite, path_prefixes
+from proxy.routing.route import CompiledRoute, Decision
+from proxy.routing.scan import MIN_INDEXED, Scan, choose
 from proxy.routing.split import (
     Weighted,
     build_weighted,
@@ -61,10 +61,6 @@ class Overrides:
     canary_match: Mapping[str, tuple[str, tuple[MatchRule, ...]]] = field(default_factory=dict)
 
 
-# Fewest exact-header routes for which the table builds the header index.
-MIN_INDEXED = 4
-
-
 def _effective_weights(route: Route, overrides: Overrides) -> tuple[float, ...]:
     ov = overrides.weights.get(route.name)
     if ov is None:
@@ -74,6 +70,18 @@ def _effective_weights(route: Route, overrides: Overrides) -> tuple[float, ...]:
 
 def _split_key(route: Route) -> str:
     return route.split.name.lower() if route.split.by == "header" else route.split.name
+
+
+def _failover(route: Route, weights: tuple[float, ...]) -> dict[str, tuple[str, ...]] | None:
+    """subset -> the other live destinations, heaviest first (ties: config order)."""
+    if route.failover == "off" or len(route.destinations) < 2:
+        return None
+    pairs = enumerate(zip(route.destinations, weights, strict=True))
+    live = [(w, i, d.subset) for i, (d, w) in pairs if w > 0]
+    live.sort(key=lambda t: (-t[0], t[1]))
+    return {
+        d.subset: tuple(sub for _, _, sub in live if sub != d.subset) for d in route.destinations
+    }
 
 
 def compile_route(
@@ -108,21 +116,34 @@ def compile_route(
         else {},
         idle=idle_subset(wt),
         preview=(route.preview.header.lower(), route.preview.value) if route.preview else None,
-        mirror_to=route.mirror.destination if route.mirror else None,
-        mirror_percent=route.mirror.percent if route.mirror else 0.0,
+        mirrors=tuple((m.destination, m.percent) for m in route.mirror),
         canary_subset=canary[0] if canary else None,
         canary_rules=canary_rules,
         test=rules_test(rules),
         canary_test=rules_test(canary_rules) if canary_rules else None,
         index_keys=exact_header_keys(route.match),
         decisions={},
+        hosts=route.hosts,
+        listeners=route.listeners,
+        redirect=route.redirect,
+        direct=route.direct_response,
+        rewrite=compile_rewrite(route.rewrite) if route.rewrite else None,
+        prefixes=path_prefixes(route.match),
+        failover=_failover(route, wt.weights),
     )
 
 
-class RoutingTable:
-    """Immutable after build: the data plane swaps whole tables, never edits one."""
+def _hosts_of(cr: CompiledRoute) -> tuple[str, ...]:
+    return cr.hosts
 
-    __slots__ = ("config", "overrides", "routes", "_by_name", "_weights", "_index", "_plain")
+
+class RoutingTable:
+    """Immutable after build: the data plane swaps whole tables, never edits one.
+
+    Without `hosts` and `listeners` in the config, one scan serves every request (no Host
+    is read); otherwise a scan per (listener, host group), chosen by two dict lookups."""
+
+    __slots__ = ("config", "overrides", "routes", "_by_name", "_weights", "_one", "_by_listener")
 
     def __init__(self, config: Config, overrides: Overrides, routes: tuple[CompiledRoute, ...]):
         self.config = config
@@ -130,44 +151,41 @@ class RoutingTable:
         self.routes = routes
         self._by_name = {r.name: r for r in routes}
         self._weights: dict[str, dict[str, float]] | None = None
-        # Exact-header routes are found by hash (as nginx's `map`); the others, with their
-        # table index, are still scanned in order, but only those ahead of the indexed hit.
-        # A lookup costs about as much as 2-3 checks: a few such routes are just scanned.
-        use = sum(r.index_keys is not None for r in routes) >= MIN_INDEXED
-        keys = [r.index_keys if use else None for r in routes]
-        self._index: HeaderIndex = build_header_index(keys) if use else ()
-        self._plain = tuple((i, r.test, r) for i, r in enumerate(routes) if keys[i] is None)
+        by_listener = any(r.listeners for r in routes)
+        by_host = any(r.hosts for r in routes)
+        self._one = Scan(routes) if not (by_listener or by_host) else None
+        self._by_listener: dict[str, HostMap[Scan]] = {}
+        if self._one is None:
+            names = [x.name for x in config.all_listeners()] if by_listener else ["*"]
+            for name in names:
+                seen = tuple(r for r in routes if not r.listeners or name in r.listeners)
+                self._by_listener[name] = HostMap(seen, _hosts_of, Scan)
 
     def decide(
-        self, method: str, target: str, headers: Mapping[str, str], client_ip: str, rnd: float
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        client_ip: str,
+        rnd: float,
+        listener: str = "default",
     ) -> Decision:
-        """Route and subset for one request; headers have lower-case names.
-
-        The first route whose match list holds wins, exactly as a scan in table order: the
-        earliest indexed route that holds is looked up, and only the non-indexed routes
-        before it are tried first. Inlined: this runs once per request.
-        """
+        """Route and subset for one request; headers have lower-case names (`host` the
+        Host header, or the absolute-form authority, which the data plane puts there)."""
         req = Request(method, target, headers, client_ip)
-        index, routes = self._index, self.routes
-        if not index:  # nothing indexed: the plain scan, without the index's bookkeeping
-            for cr in routes:
-                test = cr.test
-                if test is None or test(req):
-                    return choose(cr, req, rnd)
-            return NOT_FOUND
-        best = len(routes)
-        for name, values in index:
-            value = headers.get(name)
-            if value is not None:
-                i = values.get(value, best)
-                if i < best:
-                    best = i
-        for i, test, cr in self._plain:
-            if i > best:
-                break
-            if test is None or test(req):
-                return choose(cr, req, rnd)
-        return choose(routes[best], req, rnd) if best < len(routes) else NOT_FOUND
+        one = self._one
+        if one is not None:
+            return one.decide(req, headers, rnd)
+        return self.scan(headers.get("host"), listener).decide(req, headers, rnd)
+
+    def scan(self, host: str | None, listener: str = "default") -> Scan:
+        """The candidates a request with this Host on this listener may reach."""
+        if self._one is not None:
+            return self._one
+        hosts = self._by_listener.get(listener) or self._by_listener.get("*")
+        if hosts is None:
+            return Scan(())
+        return hosts.lookup(host_key(host))
 
     def route(self, name: str) -> CompiledRoute | None:
         return self._by_name.get(name)
@@ -193,7 +211,8 @@ class RoutingTable:
         client_ip: str = "",
     ) -> dict[str, Any]:
         """JSON-able account of how `decide` treats this request (no random draw)."""
-        return explain_request(self.routes, method, target, headers, cookies or {}, client_ip)
+        routes = self.scan(headers.get("host")).routes
+        return explain_request(routes, method, target, headers, cookies or {}, client_ip)
 
 
 def retire(old: RoutingTable | None, new: RoutingTable) -> None:
@@ -323,3 +342,18 @@ def build_table(
             next(steps)
         except StopIteration as done:
             return done.value
+
+
+# Names readers look for here; they live in proxy.routing.route and proxy.routing.scan.
+__all__ = [
+    "MIN_INDEXED",
+    "BuildCache",
+    "CompiledRoute",
+    "Decision",
+    "Overrides",
+    "RoutingTable",
+    "build_table",
+    "choose",
+    "iter_build_table",
+    "retire",
+]
