@@ -106,3 +106,35 @@ def test_quick_start_works_as_written(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _yaml_block_after(heading: str) -> str:
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_gateway_example_validates_and_routes_as_described() -> None:
+    import yaml
+
+    from proxy.config.validate import validate
+    from proxy.routing.table import build_table
+
+    doc = yaml.safe_load(_yaml_block_after("### A gateway in front of several services"))
+    names = ("shop-v1", "shop-v2", "shop-shadow")
+    doc["upstreams"] = {n: {"endpoints": [f"127.0.0.1:{9001 + i}"]} for i, n in enumerate(names)}
+    config, errors = validate(doc)
+    assert not errors, errors
+    t = build_table(config)
+
+    def decide(host: str, path: str, listener: str = "web"):
+        return t.decide("GET", path, {"host": host}, "", 0.5, listener)
+
+    moved = decide("old-shop.example.com", "/x")
+    assert (moved.route.name, moved.reason) == ("to-new-shop", "redirect")
+    shop = decide("SHOP.example.com:8080", "/old/a")
+    assert shop.route.name == "shop" and shop.subset in ("shop-v1", "shop-v2")
+    assert shop.route.rewrite.target("/old/a?q=1", shop.route.prefixes) == "/new/a?q=1"
+    assert decide("a.shop.example.com", "/old").route.name == "shop"
+    assert decide("shop.example.com", "/other").route is None  # no host-less route matches
+    assert decide("x", "/", "internal").reason == "direct_response"
+    assert decide("x", "/", "web").route is None
