@@ -76,7 +76,8 @@ class App:
         self.control: Control | None = None
         self.reloader = Reloader(config_path, self._prepare, self._commit)
         self.canaries: Any = None
-        self.proxy_port = 0
+        self.proxy_port = 0  # the first listener's port
+        self.listener_ports: dict[str, int] = {}  # listener name -> bound port
         self.admin_port = 0
         self._tasks: set[asyncio.Task] = set()  # started by `spawn`, cancelled by `stop`
         self._server: Any = None
@@ -139,6 +140,11 @@ class App:
             if hasattr(self._server, "goals"):  # A/B goal counting, where the data plane has it
                 self._server.goals = self.canaries.goals
         log.info("proxy on port %d, admin on port %d", self.proxy_port, self.admin_port)
+        if len(self.listener_ports) > 1:
+            log.info(
+                "listeners: %s",
+                ", ".join(f"{n} on port {p}" for n, p in self.listener_ports.items()),
+            )
 
     async def _start_proxy(self, config: Config) -> None:
         from proxy.dataplane.server import ProxyServer
@@ -148,19 +154,23 @@ class App:
             from proxy.dataplane.accesslog import AccessLog
 
             access_log = self._access_log = AccessLog(config.access_log)
-        sock = bind(config.listen)
-        self.proxy_port = sock.getsockname()[1]
         self._server = ProxyServer(
             lambda: self.table, self.pools, self.metrics, access_log, config.limits
         )
-        host, port = split_listen(config.listen)
-        await self._server.start(host, port, sock=sock)
+        for listener in config.all_listeners():
+            sock = bind(listener.listen)
+            host, port = split_listen(listener.listen)
+            await self._server.start(host, port, sock=sock, listener=listener.name)
+        self.listener_ports = dict(self._server.ports)
+        self.proxy_port = self._server.port
 
     async def _start_workers(self) -> None:
         from proxy.workers.supervisor import WorkerFailed, WorkerSet
 
         assert self.control is not None and self.config is not None
-        host, port = check_free(self.config.listen)
+        listeners = tuple(
+            (x.name, *check_free(x.listen)) for x in self.config.all_listeners()
+        )  # each (name, host, port)
         self.workers = WorkerSet(
             self.worker_count,
             self.control.worker_state,
@@ -169,10 +179,11 @@ class App:
             self._on_goals,
         )
         try:
-            await self.workers.start(host, port)
+            await self.workers.start(listeners)
         except WorkerFailed as exc:
             raise StartupError(f"cannot start the data plane: {exc}") from None
-        self.proxy_port = port
+        self.listener_ports = {name: port for name, _, port in listeners}
+        self.proxy_port = listeners[0][2]
 
     def _on_goals(self, events: tuple[tuple[str, str, str, str, str], ...]) -> None:
         """A/B goal events forwarded by the workers (proxy.workers.goals)."""

@@ -65,9 +65,12 @@ class Prepared:
 
 
 def warn_restart_only(old: Config, new: Config) -> None:
-    """A reload cannot rebind sockets or resize limits: say so for each such change."""
+    """A reload cannot rebind sockets or resize limits: say so for each such change (a
+    listener added, removed, renamed or moved included: connections keep the listeners they
+    were accepted on until the restart)."""
+    listeners = "listeners" if old.listeners or new.listeners else "listen"
     for what, before, after in [
-        ("listen", old.listen, new.listen),
+        (listeners, old.all_listeners(), new.all_listeners()),
         ("admin.listen", old.admin.listen, new.admin.listen),
         ("access_log", old.access_log, new.access_log),
         ("metrics.compat", old.metrics.compat, new.metrics.compat),

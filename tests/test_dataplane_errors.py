@@ -183,13 +183,14 @@ routes:
         assert status_of(out) == 404
         assert json_body(out) == {"error": "no route matches this request", "reason": "no_route"}
         assert p.metrics.observed == [("", "", "", 404)]
-        # absolute-form: routed on its path, never connected to its authority
+        # absolute-form: forwarded by its path, never connected to its authority, which is
+        # the Host sent upstream (RFC 9112 §3.2.2: the received Host field is replaced)
         out = await raw_exchange(
             p.port,
             b"GET http://evil.example/api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         )
         assert status_of(out) == 200 and json_body(out)["path"] == "/api/x"
-        assert upstream.requests[-1]["headers"]["Host"] == "a"
+        assert upstream.requests[-1]["headers"].getall("Host") == ["evil.example"]
     finally:
         await p.close()
 

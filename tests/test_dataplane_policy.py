@@ -112,9 +112,13 @@ async def test_connect_failure_retried_then_502_without_retries() -> None:
 
 
 async def test_passive_ejection_after_five_failures_never_last() -> None:
-    gone = await start_upstream()
-    dead = gone.address
-    await gone.close()
+    # An endpoint that accepts and hangs up: each request fails with a reset. (A refused
+    # connect ejects at once, the last endpoint too: tests/test_gateway_dataplane.py.)
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    closer = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    dead = f"127.0.0.1:{closer.sockets[0].getsockname()[1]}"
     good = await start_upstream()
     p = await start_proxy(simple_config({"v1": [dead, good.address]}))
     try:
@@ -137,6 +141,8 @@ async def test_passive_ejection_after_five_failures_never_last() -> None:
     finally:
         await p.close()
         await good.close()
+        closer.close()
+        await closer.wait_closed()
 
 
 async def test_mirror_copies_request_and_discards_answer() -> None:

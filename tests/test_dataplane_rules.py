@@ -399,3 +399,53 @@ def test_close_after_error(reason: str, req_done: bool, must: bool, close: bool)
 )
 def test_lingers(req_done: bool, error: str, linger: bool) -> None:
     assert rules.lingers(req_done, error) is linger
+
+
+# --- failover: a row per case -------------------------------------------------------------
+ORDER = ("v1", "v3")  # the route's failover order for v2: heaviest first
+
+
+@pytest.mark.parametrize(
+    "reason, sent, held, order, tried, usable, to",
+    [
+        ("no_healthy_upstream", False, True, ORDER, ("v2",), ("v1", "v3"), "v1"),
+        ("upstream_connect_refused", False, True, ORDER, ("v2",), ("v1", "v3"), "v1"),
+        # the heaviest has no usable endpoint: the next one
+        ("upstream_connect_refused", False, True, ORDER, ("v2",), ("v3",), "v3"),
+        # nowhere to go: answer the error
+        ("upstream_connect_refused", False, True, ORDER, ("v2",), (), None),
+        ("no_healthy_upstream", False, True, (), ("v2",), ("v1",), None),  # failover: off
+        # a second hop never goes back to a version already tried
+        ("upstream_connect_refused", False, True, ("v2", "v3"), ("v2", "v1"), ("v2",), None),
+        ("upstream_connect_refused", False, True, ("v2", "v3"), ("v2", "v1"), ("v2", "v3"), "v3"),
+        # request bytes reached an upstream on an earlier attempt: never sent twice
+        ("upstream_connect_refused", True, True, ORDER, ("v2",), ("v1",), None),
+        ("no_healthy_upstream", True, True, ORDER, ("v2",), ("v1",), None),
+        # the body is no longer held
+        ("upstream_connect_refused", False, False, ORDER, ("v2",), ("v1",), None),
+        # failures where the version may be alive, or may have the request
+        ("upstream_connect_timeout", False, True, ORDER, ("v2",), ("v1",), None),
+        ("overloaded", False, True, ORDER, ("v2",), ("v1",), None),
+        ("upstream_reset", False, True, ORDER, ("v2",), ("v1",), None),
+        ("upstream_timeout", False, True, ORDER, ("v2",), ("v1",), None),
+        ("upstream_bad_response", False, True, ORDER, ("v2",), ("v1",), None),
+    ],
+)
+def test_failover_to(
+    reason: str,
+    sent: bool,
+    held: bool,
+    order: tuple[str, ...],
+    tried: tuple[str, ...],
+    usable: tuple[str, ...],
+    to: str | None,
+) -> None:
+    assert rules.failover_to(reason, sent, held, order, tried, usable) == to
+
+
+@pytest.mark.parametrize(
+    "chain, failed, to, value",
+    [("", "v2", "v1", "v2->v1"), ("v2->v1", "v1", "v3", "v2->v1->v3")],
+)
+def test_failover_chain(chain: str, failed: str, to: str, value: str) -> None:
+    assert rules.failover_chain(chain, failed, to) == value

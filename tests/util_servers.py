@@ -4,9 +4,10 @@
   as JSON (method, path_qs, headers, body size) and records it; `.connections` counts the TCP
   connections it accepted (keep-alive reuse shows as one connection for many requests).
 - `config_from_yaml(text)`: a validated `Config` through the real loader (errors raise).
-- `start_proxy(config)`: the real data plane in-process (ProxyServer + Pools + RoutingTable);
-  returns a `ProxyHandle` with `.port`, `.pools`, `.server`, `.metrics` (a `RecordingMetrics`
-  unless one is passed) and `close()`.
+- `start_proxy(config)`: the real data plane in-process (ProxyServer + Pools + RoutingTable),
+  every listener of the config on 127.0.0.1:0; returns a `ProxyHandle` with `.port` (the
+  first listener's), `.ports` (listener name -> port), `.pools`, `.server`, `.metrics` (a
+  `RecordingMetrics` unless one is passed) and `close()`.
 - `raw_exchange(port, data)`: send raw bytes, read until the proxy closes or a timeout.
 
 Every server started here is closed by the test's fixture or an explicit `close()`.
@@ -153,6 +154,10 @@ class ProxyHandle:
         return self.server.port
 
     @property
+    def ports(self) -> dict[str, int]:
+        return dict(self.server.ports)
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -169,7 +174,8 @@ async def start_proxy(
     pools = Pools(config)
     metrics = metrics if metrics is not None else RecordingMetrics()
     server = ProxyServer(lambda: table, pools, metrics, access_log, config.limits)
-    await server.start("127.0.0.1", 0)
+    for listener in config.all_listeners():
+        await server.start("127.0.0.1", 0, listener=listener.name)
     return ProxyHandle(server, pools, metrics, config)
 
 

@@ -157,6 +157,13 @@ def mirrors(subset_ref: Reader) -> Reader:
     return read
 
 
+def failover(ctx: Ctx, value: object, path: str) -> Any:
+    """`connect` or `off`; YAML reads a bare `off` as false, which means off too."""
+    if value is False:
+        return "off"
+    return one_of(*s.FAILOVER)(ctx, value, path)
+
+
 def gateway_keys(subset_ref: Reader) -> dict[str, Reader]:
     """The readers of a route's gateway keys; `subset_ref` reads an upstream's name."""
     return {
@@ -166,7 +173,7 @@ def gateway_keys(subset_ref: Reader) -> dict[str, Reader]:
         "rewrite": rewrite,
         "direct_response": direct_response,
         "mirror": mirrors(subset_ref),
-        "failover": one_of(*s.FAILOVER),
+        "failover": failover,
     }
 
 

@@ -2,6 +2,14 @@
 
 The line is formatted once when the request ends; writes go to a list that a 1 s timer (or a
 64 KiB backlog) flushes, so the hot path never blocks on the file.
+
+Keys, in this order: `time`, `request_id`, `client`, `method`, `path` (the target as
+received, also after a rewrite), `route`, `version` ("" for an answer the proxy made
+without a version: 404 no_route, 503 no_destination, a redirect or direct response),
+`status`, `upstream` (host:port), `duration_ms`, `bytes_sent`, `error` (the reason of a
+proxy-made error, else ""). Two more only when they apply: `rewritten` - what a route's
+`rewrite` changed in the forwarded request, `{"path": "/new/x?q=1", "host": "shop.internal"}`
+(each key only when changed) - and `failover` - `"v2->v1"` when the request left its version.
 """
 
 from __future__ import annotations
@@ -23,6 +31,22 @@ def quote(value: str | None) -> str:
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return '"' + value + '"'
     return json.dumps(value)
+
+
+def _extra(ex: Any) -> str:
+    """The `rewritten` and `failover` keys of one line (module docstring)."""
+    out = ""
+    rw = ex.route.rewrite if ex.route is not None else None
+    if rw is not None and ex.head:  # a request line went out (or was ready to)
+        parts = []
+        if ex.target is not ex.req.target:
+            parts.append(f'"path":{quote(ex.target.decode("latin-1"))}')
+        if rw.host is not None:
+            parts.append(f'"host":{quote(rw.host)}')
+        out += ',"rewritten":{' + ",".join(parts) + "}"
+    if ex.failover:
+        out += f',"failover":{quote(ex.failover)}'
+    return out
 
 
 class AccessLog:
@@ -68,9 +92,12 @@ class AccessLog:
             f'"path":{quote(req.target.decode("latin-1"))},'
             f'"route":{q(route)},"version":{q(ex.subset)},"status":{code},'
             f'"upstream":{q(ex.upstream_addr)},"duration_ms":{seconds * 1000:.3f},'
-            f'"bytes_sent":{ex.bytes_sent},"error":{q(ex.error)}}}'
+            f'"bytes_sent":{ex.bytes_sent},"error":{q(ex.error)}'
         )
-        self.write(line)
+        cr = ex.route
+        if ex.failover or (cr is not None and cr.rewrite is not None):
+            line += _extra(ex)
+        self.write(line + "}")
 
     def write(self, line: str) -> None:
         self._buf.append(line)

@@ -8,8 +8,10 @@ other side's reads. Nothing here awaits: timers are `loop.call_later` handles.
 
 What to retry, how a body is framed and when the client connection closes are decided in
 `proxy.dataplane.rules`; the bytes of the heads are built in `proxy.dataplane.heads`; the
-response is streamed by the base class, `proxy.dataplane.stream.ResponseStream`. This module
-is the I/O of the request side and of the attempts.
+response is streamed by `proxy.dataplane.stream.ResponseStream`, and what a route does besides
+picking a version (redirect, direct response, rewrite, failover) is in the base class
+`proxy.dataplane.actions.RouteActions`. This module is the I/O of the request side and of the
+attempts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from proxy.dataplane.actions import ANSWER, RouteActions
 from proxy.dataplane.errors import ERRORS, error_response
 from proxy.dataplane.heads import chunk, policy_for, request_head
 from proxy.dataplane.heads import nominated as _nominated  # noqa: F401  (tests read it here)
@@ -32,14 +35,12 @@ from proxy.dataplane.rules import (
     RETRY_STATUS,
     attempts_after_retry,
     close_after_error,
-    must_close,
     response_deadline,
     retry_after_connect_failure,
     retry_after_reset,
     retry_after_response_timeout,
     retry_after_status,
 )
-from proxy.dataplane.stream import ResponseStream
 from proxy.dataplane.types import BLOCK_CONN, Client
 from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
@@ -48,13 +49,12 @@ if TYPE_CHECKING:
     from proxy.routing.table import CompiledRoute
 
 
-class Exchange(ResponseStream):
+class Exchange(RouteActions):
     """One request and its response; the response side is `ResponseStream`."""
 
     __slots__ = (
         "expect_continue",
         "route",
-        "subset",
         "mirror",
         "ep",
         "local",
@@ -63,7 +63,6 @@ class Exchange(ResponseStream):
         "stale_retried",
         "body",
         "body_bytes",
-        "head",
         "per_try",
         "upstream_addr",
     )
@@ -102,9 +101,17 @@ class Exchange(ResponseStream):
         self.per_try = False
         self.upstream_addr = ""
         self.error = ""
+        self.target = req.target
+        self.failover = ""
 
     # --- decision (at head time, before any body byte is read) ------------------------------
-    def prepare(self, table, decide_headers: Mapping[str, str], expect: bytes | None) -> None:
+    def prepare(
+        self,
+        table,
+        decide_headers: Mapping[str, str],
+        expect: bytes | None,
+        listener: str = "default",
+    ) -> None:
         req = self.req
         d = table.decide(
             req.method.decode("latin-1"),
@@ -112,6 +119,7 @@ class Exchange(ResponseStream):
             decide_headers,
             req.client_ip,
             random.random(),
+            listener,
         )
         self.route = route = d.route
         if route is None:
@@ -125,7 +133,8 @@ class Exchange(ResponseStream):
         elif expect is not None and expect.lower() != b"100-continue":
             self.local = "expectation_failed"
         elif not self.subset:
-            self.local = "no_destination"
+            no_answer = route.redirect is None and route.direct is None
+            self.local = "no_destination" if no_answer else ANSWER
         else:
             pool = self.client.server.pools.pool(self.subset)
             if pool is None:
@@ -140,7 +149,10 @@ class Exchange(ResponseStream):
         if self.done:
             return
         if self.local is not None:
-            self.fail(self.local)
+            if self.local == ANSWER:
+                self._answer()
+            else:
+                self.fail(self.local)
             return
         fault = self.route.fault
         if fault is not None:
@@ -159,7 +171,11 @@ class Exchange(ResponseStream):
             return
         if self.expect_continue and not self.req_done:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.policy = policy = policy_for(self.route, self.subset)
+        route = self.route
+        if route.rewrite is None:
+            self.policy = policy = policy_for(route, self.subset)
+        else:
+            policy = self._rewrite(route.rewrite)
         self.head = request_head(self.req, policy)
         self._attempt(fresh=False)
         if self.mirror is not None:
@@ -175,7 +191,7 @@ class Exchange(ResponseStream):
             pool = server.pools.pool(mirror)
             if pool is None:
                 continue
-            payload = mirror_payload(self.req, mirror, self.head, self.body)
+            payload = mirror_payload(self.req, mirror, self.head, self.body, self.target)
             MirrorExchange(pool, payload, self.route.timeout).start()
             if server.metrics is not None:
                 server.metrics.mirrored(self.route.name, mirror)
@@ -209,7 +225,7 @@ class Exchange(ResponseStream):
 
     def _send_head(self, conn: UpstreamConnection) -> None:
         req = self.req
-        first = req.method + b" " + req.target + b" HTTP/1.1\r\n"
+        first = req.method + b" " + self.target + b" HTTP/1.1\r\n"
         if not req.has_host:
             first += b"Host: " + self.ep.address.encode() + b"\r\n"
         body = self.body
@@ -227,11 +243,16 @@ class Exchange(ResponseStream):
         if self.done:
             return
         if ep is not None and reason in (CONNECT_REFUSED, CONNECT_TIMEOUT):
-            self.pool.report(ep, False)
+            if reason == CONNECT_REFUSED:
+                self.pool.refused(ep)  # ejected at once: the retry picks another endpoint
+            else:
+                self.pool.report(ep, False)
             self.ep = ep
             if retry_after_connect_failure(*self._retry_inputs()):
                 self._retry(fresh=False)
                 return
+        if self.route.failover is not None and self._fail_over(reason):
+            return
         self.fail(reason)
 
     # --- retries -----------------------------------------------------------------------------
@@ -361,22 +382,10 @@ class Exchange(ResponseStream):
         close = close_after_error(reason, self.req_done, self._must_close())
         self.close_after = self.close_after or close
         code = ERRORS[reason][0] or self.fault_status
-        self.client.write(error_response(reason, self.close_after, code))
+        extra = self._failover_field() if self.failover else b""
+        self.client.write(error_response(reason, self.close_after, code, extra))
         label = ERRORS[reason][2]
         metrics = self.client.server.metrics
         if label is not None and metrics is not None:
             metrics.upstream_error(self.subset, label)
         self._finish(code)
-
-    def _must_close(self) -> bool:
-        """`rules.must_close` for a proxy-made answer (it has a length) on this connection."""
-        client = self.client
-        return must_close(
-            self.req.keep_alive,
-            False,
-            self.seq,
-            client.limits.keepalive_requests,
-            client.server.draining,
-            client.closing,
-            len(client.queue),
-        )

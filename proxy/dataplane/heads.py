@@ -1,8 +1,9 @@
 """The bytes an exchange writes around the bodies: heads with the route's header edits, chunks.
 
-The header edits of a (route, destination) pair are merged once and kept (`policy_for`); the
-names an upstream's `Connection` field nominates are parsed once per value (`nominated`):
-upstreams send the same `Connection: keep-alive` every time.
+The header edits of a (route, destination) pair are merged once and kept (`policy_for`; with a
+rewritten Host or a failover field, `forward_policy`); the names an upstream's `Connection`
+field nominates are parsed once per value (`nominated`): upstreams send the same
+`Connection: keep-alive` every time.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy import headers as hdr
+from proxy.config.schema import HeaderOps, HeaderPolicy
+from proxy.dataplane.errors import status_line
 from proxy.dataplane.request import Request
-from proxy.dataplane.rules import request_framing
+from proxy.dataplane.rules import FAILOVER_FIELD, connection_field, request_framing
 
 if TYPE_CHECKING:
-    from proxy.config.schema import HeaderPolicy
     from proxy.routing.table import CompiledRoute
 
 NONE: frozenset[bytes] = frozenset()
 # (id(route headers), id(destination headers)) -> (those two values, merged policy)
 _POLICIES: dict[tuple[int, int], tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]] = {}
 _NOMINATED: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+# (id(route headers), id(destination headers), host, failover) -> (those, merged policy)
+_FORWARD: dict[tuple, tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]] = {}
 
 
 def request_head(req: Request, policy: hdr.Policy) -> bytes:
@@ -52,6 +56,42 @@ def policy_for(route: CompiledRoute, subset: str) -> hdr.Policy:
     policy = hdr.build_policy(found)
     _POLICIES[key] = (route.headers, dest, policy)
     return policy
+
+
+def forward_policy(
+    route: CompiledRoute, subset: str, host: str | None, failover: str
+) -> hdr.Policy:
+    """`policy_for` plus a Host sent upstream in place of the client's (`rewrite.host`) and
+    the response field `x-canaryproxy-failover: <failover>` (when `failover` is set)."""
+    dest = route.dest_headers.get(subset)
+    key = (id(route.headers), id(dest), host, failover)
+    hit = _FORWARD.get(key)
+    if hit is not None and hit[0] is route.headers and hit[1] is dest:
+        return hit[2]
+    if len(_FORWARD) >= 1024:
+        _FORWARD.clear()
+    ours = HeaderPolicy(
+        request=HeaderOps(set=(("Host", host),) if host else ()),
+        response=HeaderOps(set=((FAILOVER_FIELD, failover),) if failover else ()),
+    )
+    policy = hdr.build_policy([route.headers] + ([dest] if dest is not None else []) + [ours])
+    _FORWARD[key] = (route.headers, dest, policy)
+    return policy
+
+
+def answer_head(
+    status: int,
+    fields: list[hdr.Header],
+    length: int,
+    policy: hdr.Policy,
+    http10: bool,
+    close: bool,
+) -> bytes:
+    """The head of an answer a route makes itself (a redirect, a direct response): its
+    fields with the route's response edits and Via, framed by `length` (none for 204/304)."""
+    lines = hdr.response_lines(fields, NONE, policy, None)
+    framing = b"" if status in (204, 304) else b"Content-Length: %d\r\n" % length
+    return status_line(status) + lines + framing + connection_field(close, http10) + b"\r\n"
 
 
 def nominated(connection: list[bytes]) -> frozenset[bytes]:

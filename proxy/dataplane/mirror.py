@@ -15,10 +15,14 @@ from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import Endpoint, UpstreamPool
 
 
-def mirror_payload(req: Request, subset: str, head: bytes, body: list[bytes]) -> list[bytes]:
-    """The copy of a whole request for the mirror Subset, framed as the original."""
+def mirror_payload(
+    req: Request, subset: str, head: bytes, body: list[bytes], target: bytes | None = None
+) -> list[bytes]:
+    """The copy of a whole request for the mirror Subset, framed as the original, to
+    `target` (the forwarded one, after a rewrite; default: the request's own)."""
     host = b"" if req.has_host else b"Host: " + subset.encode() + b"\r\n"
-    payload = [req.method + b" " + req.target + b" HTTP/1.1\r\n" + host, head]
+    line = req.method + b" " + (target or req.target) + b" HTTP/1.1\r\n"
+    payload = [line + host, head]
     for data in body:
         payload.extend(chunk(data) if req.chunked else (data,))
     if req.chunked:

@@ -22,10 +22,11 @@ from proxy.dataplane.request import (
     SPECIAL,
     Reject,
     Request,
+    absolute_form,
     framing_error,
     new_request_id,
-    origin_form,
     our_via,
+    valid_authority,
 )
 
 
@@ -121,7 +122,11 @@ class RequestHeadParser:
         method = p.get_method()
         http10 = p.get_http_version() == "1.0"
         cl = self.cl
-        error = framing_error(method, http10, self.hosts, cl, self.te, self.url, self.looped)
+        url = self.url
+        error = framing_error(method, http10, self.hosts, cl, self.te, url, self.looped)
+        has_host = self.hosts == 1
+        if url[:1] != b"/":
+            url, has_host, error = self._absolute(url, has_host, error)
         rid = self.rid
         if rid is None or not hdr.valid_request_id(rid):
             rid = new_request_id()
@@ -129,7 +134,7 @@ class RequestHeadParser:
         peer = self.peer
         return Request(  # positional, in field order: the cheapest way to build it
             method,
-            origin_form(self.url),
+            url,
             http10,
             p.should_keep_alive(),
             self.headers,
@@ -140,6 +145,22 @@ class RequestHeadParser:
             hdr.nominated(self.conn_values) if self.conn_values else NONE,
             hdr.forwarded_for(self.xff, peer),
             self.xfp if trusted > 0 and self.xfp else b"http",
-            self.hosts == 1,
+            has_host,
             error,
         )
+
+    def _absolute(
+        self, url: bytes, has_host: bool, error: str | None
+    ) -> tuple[bytes, bool, str | None]:
+        """An absolute-form target: forwarded by its path, and its authority replaces the
+        Host field for routing and upstream (RFC 9112 §3.2.2) -> (target, has_host, error)."""
+        parts = absolute_form(url)
+        if parts is None:
+            return url, has_host, error  # `*` (OPTIONS), or refused by framing_error
+        authority, target = parts
+        if not valid_authority(authority):
+            return target, has_host, error or "bad_request"
+        headers = [h for h in self.headers if h[0] != b"host"]
+        headers.insert(0, (b"host", b"Host", authority))
+        self.headers = headers
+        return target, True, error

@@ -39,20 +39,35 @@ _UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
 _UUID4_BITS = 0x4000 << 64 | 0x8000 << 48
 
 
+def absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """`http://Shop.example.com:8080/x?q` -> (b"Shop.example.com:8080", b"/x?q"); None for a
+    target that is not an http(s) absolute-form. The authority is the request's Host (RFC
+    9112 §3.2.2: a received Host field is replaced by it); it names a virtual host, never an
+    address the proxy connects to."""
+    lower = target[:8].lower()
+    if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
+        return None
+    rest = target.split(b"//", 1)[1]
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    if slash < 0 or (0 <= query < slash):
+        end = query if query >= 0 else len(rest)
+        return rest[:end], (b"/" + rest[query:] if query >= 0 else b"/")
+    return rest[:slash], rest[slash:]
+
+
 def origin_form(target: bytes) -> bytes:
-    """Absolute-form targets are routed and forwarded by their path; the authority is never
-    used to pick or reach an upstream (RFC 9112 §3.2.2)."""
+    """The target as forwarded: an absolute-form one by its path and query."""
     if target[:1] == b"/" or target == b"*":
         return target
-    lower = target[:8].lower()
-    if lower.startswith(b"http://") or lower.startswith(b"https://"):
-        rest = target.split(b"//", 1)[1]
-        slash = rest.find(b"/")
-        query = rest.find(b"?")
-        if slash < 0 or (0 <= query < slash):
-            return b"/" + rest[query:] if query >= 0 else b"/"
-        return rest[slash:]
-    return target
+    parts = absolute_form(target)
+    return target if parts is None else parts[1]
+
+
+def valid_authority(authority: bytes) -> bool:
+    """An absolute-form authority the proxy accepts as Host: not empty (RFC 9110 §4.2.1),
+    no userinfo (§4.2.4), host [":" port] characters only."""
+    return bool(authority) and b"@" not in authority and HOST.fullmatch(authority) is not None
 
 
 NONE: frozenset[bytes] = frozenset()
@@ -120,7 +135,7 @@ def framing_error(
         return "bad_request"
     if te and (http10 or len(te) > 1 or te[0].strip().lower() != b"chunked"):
         return "bad_request"
-    if not url.startswith(b"/") and not url.startswith(b"http") and url != b"*":
+    if not url.startswith(b"/") and url[:4].lower() != b"http" and url != b"*":
         return "bad_request"
     if looped:
         return "loop_detected"  # RFC 9110 §7.6.3: our own pseudonym already in Via

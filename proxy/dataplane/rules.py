@@ -1,9 +1,11 @@
 """The data plane's decisions, as plain functions over plain values: no sockets, no clock.
 
-Three families, each rule stated in its docstring:
+Four families, each rule stated in its docstring:
 
 - retries: which failed attempts are tried again (`retry_after_*`, `can_retry`), what a retry
   costs (`attempts_after_retry`) and how long an attempt may wait (`response_deadline`);
+- failover: whether a request whose version cannot be reached goes to another destination
+  of its route, and to which (`failover_to`);
 - framing: how a body is delimited, to the client (`response_framing`) and to the upstream
   (`request_framing`);
 - must-close: when the client connection ends after a response (`must_close`,
@@ -126,6 +128,41 @@ def response_deadline(
     if 0 < per_try < left:
         return now + per_try, True
     return now + max(left, 0.0), False
+
+
+# --- failover -------------------------------------------------------------------------------
+NO_HEALTHY = "no_healthy_upstream"  # the version's pool had no usable endpoint
+CONNECT_REFUSED = "upstream_connect_refused"
+FAILOVER_ON = frozenset({NO_HEALTHY, CONNECT_REFUSED})  # the failures a request may leave
+FAILOVER_FIELD = "x-canaryproxy-failover"  # the response field naming `<from>-><to>`
+
+
+def failover_to(
+    reason: str,
+    sent: bool,
+    replayable: bool,
+    order: tuple[str, ...],
+    tried: Collection[str],
+    usable: Collection[str],
+) -> str | None:
+    """A request leaves its version only when that version had no usable endpoint or refused
+    the connection, and only while none of its bytes ever reached an upstream (`sent`) and
+    its body is still held: it goes to the first destination of the route's failover `order`
+    (heaviest first; empty with `failover: off`) that it has not tried and that has a usable
+    endpoint. None: answer the failure. A connect timeout, an overloaded pool or a reset
+    never fail over (the upstream may be alive, or may have the request)."""
+    if sent or not replayable or reason not in FAILOVER_ON:
+        return None
+    for subset in order:
+        if subset not in tried and subset in usable:
+            return subset
+    return None
+
+
+def failover_chain(chain: str, failed: str, to: str) -> str:
+    """The `x-canaryproxy-failover` value after a hop from `failed` to `to`: `v2->v1`, and
+    `v2->v1->v3` when the second destination failed too."""
+    return f"{chain or failed}->{to}"
 
 
 # --- framing --------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ the request limits and framing rules (RELIABILITY.md rows 1-7, 15-21, 30) before
 forwarded, and keeps the pipeline in order: each request becomes an `Exchange`; only the first
 one in the queue talks upstream, the others wait with client reads paused. One lazy timer per
 connection watches the idle, request-head and response-head deadlines
-(`proxy.dataplane.timers`).
+(`proxy.dataplane.timers`). A `ProxyServer` serves every listener of the config; each
+connection knows the listener it came in on (routes may be limited to listeners).
 """
 
 from __future__ import annotations
@@ -40,9 +41,21 @@ from proxy.dataplane.upstream import Pools
 BACKLOG = 1024  # as the listen sockets the app binds itself
 
 
+class Listening:
+    """One listener being served: its config name and the port it is bound to."""
+
+    __slots__ = ("name", "port")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = 0
+
+
 class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, listening: Listening | None = None) -> None:
         self.server = server
+        self.listening = listening or Listening("default")
+        self.listener = self.listening.name  # what routing reads, once per request
         self.loop = server.loop
         self.limits = server.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
@@ -183,6 +196,12 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         if not self.closed:
             self.transport.pause_reading()
 
+    def local_authority(self) -> str:
+        """host:port this connection was accepted on (a redirect's authority without Host)."""
+        name = self.transport.get_extra_info("sockname") if self.transport else None
+        host = str(name[0]) if name else "localhost"
+        return f"[{host}]:{self.listening.port}" if ":" in host else f"{host}:{self.listening.port}"
+
     # --- pipeline ----------------------------------------------------------------------------
     def finished(self, ex: Exchange) -> None:
         """`ex` wrote its whole response (or gave up): close or go on with the next request."""
@@ -243,7 +262,9 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         self.requests += 1
         ex = Exchange(self, self._request())
         if ex.local is None:
-            ex.prepare(self.server.get_table(), LazyHeaders(self.headers), self.expect)
+            ex.prepare(
+                self.server.get_table(), LazyHeaders(self.headers), self.expect, self.listener
+            )
         if ex.req.chunked or ex.req.content_length:
             self.parsing = ex
             self.last_body = self.loop.time()
@@ -297,29 +318,39 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
         self.draining = False
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
+        self.port = 0  # the first listener's
+        self.ports: dict[str, int] = {}  # listener name -> port
+        self._servers: list[asyncio.base_events.Server] = []
 
     async def start(
-        self, host: str, port: int, sock: socket.socket | None = None, reuse_port: bool = False
+        self,
+        host: str,
+        port: int,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        listener: str = "default",
     ) -> None:
+        """Serve one listener; called once per listener of the config, in config order."""
         self.loop = asyncio.get_running_loop()
+        listening = Listening(listener)
         # asyncio listens with a backlog of 100 (also on a socket it is given); a burst of
         # new connections beyond it is dropped and retried by the client a second later.
         if sock is not None:
             srv = await self.loop.create_server(
-                lambda: ClientConnection(self), sock=sock, backlog=BACKLOG
+                lambda: ClientConnection(self, listening), sock=sock, backlog=BACKLOG
             )
         else:
             srv = await self.loop.create_server(
-                lambda: ClientConnection(self),
+                lambda: ClientConnection(self, listening),
                 host,
                 port,
                 reuse_port=reuse_port or None,
                 backlog=BACKLOG,
             )
-        self._server = srv
-        self.port = srv.sockets[0].getsockname()[1]
+        self._servers.append(srv)
+        listening.port = srv.sockets[0].getsockname()[1]
+        self.ports[listener] = listening.port
+        self.port = self.port or listening.port
 
     def record(self, ex: Exchange, code: int, seconds: float) -> None:
         """Count and log a finished exchange."""
@@ -345,8 +376,8 @@ class ProxyServer:
     async def drain(self, timeout: float) -> None:
         """Stop accepting; in-flight requests finish with `Connection: close`; idle ones close."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        for srv in self._servers:
+            srv.close()
         for conn in list(self.connections):
             conn.close_if_idle()
         deadline = self.loop.time() + timeout
@@ -355,10 +386,10 @@ class ProxyServer:
 
     async def close(self) -> None:
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        for srv in self._servers:
+            srv.close()
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for srv in self._servers:
+            await srv.wait_closed()

@@ -26,6 +26,7 @@ class Client(Protocol):
     server: Any
     loop: asyncio.AbstractEventLoop
     limits: Limits
+    listening: Any  # dataplane.server.Listening: the listener's name and bound port
     queue: deque[Any]  # its exchanges, in pipeline order
     requests: int
     closing: bool  # no further request is read
@@ -41,6 +42,7 @@ class Client(Protocol):
     def unblock_read(self, bit: int) -> None: ...
     def finished(self, ex: Any) -> None: ...
     def watch_response(self, ex: Any, deadline: float) -> None: ...
+    def local_authority(self) -> str: ...
 
 
 class TimedExchange(Protocol):

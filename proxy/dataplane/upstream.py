@@ -4,17 +4,24 @@ One `UpstreamPool` per Subset (config `Upstream`). A request `acquire`s a connec
 a callback (no task per request: an idle connection is handed over synchronously; only a new
 connection costs a task), writes to it, and the connection returns itself to the pool once its
 response was read to the end without any protocol error. Anything else closes it.
+
+Passive health: EJECT_AFTER consecutive gateway failures eject an endpoint for a back-off
+(never the last one left); a refused connect (nothing listens there) ejects it at once, the
+last one too, until a probe connects (PROBE_FIRST s later, then doubling to PROBE_MAX) or an
+active health check turns it healthy again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from proxy.config.schema import Config, Upstream
+from proxy.dataplane.rules import CONNECT_REFUSED, NO_HEALTHY
 from proxy.dataplane.upconn import Endpoint, UpstreamConnection
 from proxy.tasks import spawn
 
@@ -23,12 +30,14 @@ log = logging.getLogger(__name__)
 EJECT_AFTER = 5  # consecutive gateway failures
 EJECT_BASE = 30.0
 EJECT_MAX = 300.0
+PROBE_FIRST = 0.5  # s from a refused connect to the first probe of that endpoint
+PROBE_MAX = 5.0
 
-# Failure reasons handed to an acquire callback.
-NO_HEALTHY = "no_healthy_upstream"
+# Failure reasons handed to an acquire callback (NO_HEALTHY and CONNECT_REFUSED: from rules,
+# which decides what may fail over).
 OVERLOADED = "overloaded"
-CONNECT_REFUSED = "upstream_connect_refused"
 CONNECT_TIMEOUT = "upstream_connect_timeout"
+__all__ = ["CONNECT_REFUSED", "CONNECT_TIMEOUT", "NO_HEALTHY", "OVERLOADED"]
 
 AcquireCallback = Callable[["UpstreamConnection | None", "Endpoint | None", str], None]
 
@@ -53,6 +62,7 @@ class UpstreamPool:
         self._loop_: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._probes: set[asyncio.Task] = set()
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -76,6 +86,11 @@ class UpstreamPool:
             self._rr = (self._rr + i + 1) % n
             return ep
         return fallback
+
+    def usable(self) -> bool:
+        """Some endpoint may be picked now (healthy and not ejected): a failover target."""
+        now = self._loop.time()
+        return any(ep.healthy and ep.ejected_until <= now for ep in self.endpoints)
 
     # --- acquire / release ------------------------------------------------------------------
     def acquire(
@@ -219,6 +234,34 @@ class UpstreamPool:
         ep.failures = 0
         log.warning("ejected %s of %s until +%.0fs", ep.address, self.name, ep.ejected_until - now)
 
+    def refused(self, ep: Endpoint) -> None:
+        """A refused connect: nothing listens at `ep`. It is ejected at once, the last
+        endpoint too (its requests fail over, or get a fast 503), until a probe connects."""
+        if ep.ejected_until == math.inf or self.draining:
+            return
+        ep.ejected_until = math.inf
+        ep.failures = 0
+        log.warning("ejected %s of %s: connection refused; probing it", ep.address, self.name)
+        spawn(self._probe(ep), f"probe {ep.address}", self._probes)
+
+    async def _probe(self, ep: Endpoint) -> None:
+        """Connect to a refused endpoint with a growing pause until it accepts."""
+        delay = PROBE_FIRST
+        while ep.ejected_until == math.inf and not self.draining:
+            await asyncio.sleep(delay)
+            try:
+                transport, _ = await asyncio.wait_for(
+                    self._loop.create_connection(asyncio.Protocol, ep.host, ep.port),
+                    self.upstream.connect_timeout,
+                )
+            except (TimeoutError, OSError):
+                delay = min(delay * 2, PROBE_MAX)
+                continue
+            transport.close()
+            if ep.ejected_until == math.inf:
+                ep.ejected_until = 0.0
+                log.warning("%s of %s accepts connections again", ep.address, self.name)
+
     # --- maintenance ------------------------------------------------------------------------
     def _sweep_every(self) -> float:
         return max(0.05, min(self.upstream.idle_timeout / 2, 5.0))
@@ -245,6 +288,8 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.drain()
+        for task in list(self._probes):
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -319,6 +364,8 @@ class Pools:
             return
         for ep in pool.endpoints:
             if ep.address == address:
+                if healthy and not ep.healthy and ep.ejected_until == math.inf:
+                    ep.ejected_until = 0.0  # an active check passed: a refusal is over
                 ep.healthy = healthy
 
     def status(self) -> list[dict]:

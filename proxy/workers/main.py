@@ -1,7 +1,7 @@
 """One data-plane worker of `serve --workers N`: `python -m proxy.workers.main --fd FD`.
 
-The supervisor starts it with one end of a socketpair as FD. The worker listens on the
-shared port with SO_REUSEPORT (the kernel spreads new connections over the workers),
+The supervisor starts it with one end of a socketpair as FD. The worker listens on every
+listener's port with SO_REUSEPORT (the kernel spreads new connections over the workers),
 routes with the State it is sent, keeps passive health (ejection) to itself, and
 reports its counters back. SIGTERM drains (a second one stops at once); when the
 supervisor goes away the worker drains and exits too. SIGINT and SIGHUP are ignored: a
@@ -87,7 +87,8 @@ class Worker:
         if state.config is not None and self.server is not None:
             keep_config()  # a new config after startup (settle_heap froze the first)
 
-    async def listen(self, host: str, port: int) -> int:
+    async def listen(self, listeners: tuple[tuple[str, str, int], ...]) -> int:
+        """Serve every (name, host, port); the first listener's port is returned."""
         from proxy.dataplane.server import ProxyServer
 
         assert self.config is not None and self.pools is not None
@@ -98,11 +99,12 @@ class Worker:
         self.server = ProxyServer(
             lambda: self.table, self.pools, self.metrics, self.access_log, self.config.limits
         )
-        # bound here, not by create_server, so that "[::]" is dual-stack as in one process
-        sock = bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", reuse_port=True)
         if hasattr(self.server, "goals"):
             self.server.goals = self.goals
-        await self.server.start(host, port, sock=sock)
+        for name, host, port in listeners:
+            # bound here, not by create_server, so that "[::]" is dual-stack as in one process
+            sock = bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", reuse_port=True)
+            await self.server.start(host, port, sock=sock, listener=name)
         return int(self.server.port)
 
     def report(self, final: bool = False) -> None:
@@ -160,7 +162,7 @@ async def run(fd: int) -> int:
     await worker.apply(first)
     settle_heap()  # before serving: the collector then skips the startup config
     try:
-        port = await worker.listen(first.host, first.port)
+        port = await worker.listen(first.all_listeners())
     except StartupError as exc:
         log.error("worker %d: %s", os.getpid(), exc)
         return 3

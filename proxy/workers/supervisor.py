@@ -54,8 +54,11 @@ class _Slot:
     listening: bool = False
 
 
+Listeners = tuple[tuple[str, str, int], ...]  # (name, host, port) of every listener
+
+
 class WorkerSet:
-    """N data-plane processes on one (host, port)."""
+    """N data-plane processes, each serving every listener (SO_REUSEPORT)."""
 
     def __init__(
         self,
@@ -71,7 +74,7 @@ class WorkerSet:
         self.metrics = metrics
         self.log_level = log_level
         self.on_goals = on_goals
-        self.host, self.port = "", 0
+        self.listeners: Listeners = ()
         self.stopping = False
         self._stop = asyncio.Event()
         self._config: Config | None = None
@@ -79,9 +82,9 @@ class WorkerSet:
         self._publish_due = False
         self._tasks: set[asyncio.Task] = set()
 
-    async def start(self, host: str, port: int, timeout: float = 30.0) -> None:
+    async def start(self, listeners: Listeners, timeout: float = 30.0) -> None:
         """Start every worker and wait until each listens; WorkerFailed if one cannot."""
-        self.host, self.port = host, port
+        self.listeners = listeners
         for slot in self.slots:
             spawn(self._supervise(slot), f"worker {slot.index}", self._tasks)
         waits = [asyncio.ensure_future(self._started(s)) for s in self.slots]
@@ -201,7 +204,8 @@ class WorkerSet:
             self._config, self._config_id = config, self._config_id + 1
         fresh = slot.config_sent != self._config_id
         packed = pack_config(config) if fresh else None
-        state = State(self._config_id, packed, overrides, health, self.host, self.port)
+        _, host, port = self.listeners[0]
+        state = State(self._config_id, packed, overrides, health, host, port, self.listeners)
         slot.writer.write(frame(state))
         slot.config_sent = self._config_id
 

@@ -36,8 +36,13 @@ class State:
     config: PackedConfig | None
     overrides: Overrides
     health: tuple[tuple[str, str, bool], ...]  # (subset, address, healthy) from active checks
-    host: str
+    host: str  # the first listener's address
     port: int
+    # every listener, (name, host, port), in config order; empty: one "default" on host:port
+    listeners: tuple[tuple[str, str, int], ...] = ()
+
+    def all_listeners(self) -> tuple[tuple[str, str, int], ...]:
+        return self.listeners or (("default", self.host, self.port),)
 
 
 @dataclass(frozen=True)
