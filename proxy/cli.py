@@ -151,16 +151,30 @@ def _serve_verbs(verbs: _Verbs) -> None:
 
     i = verbs.add(
         "import",
-        "Istio / Gateway API / Flagger manifests -> native config YAML",
+        "Istio / Gateway API / Flagger / ingress-nginx manifests -> native config YAML",
         "canaryproxy import istio virtualservice.yaml destinationrule.yaml \\\n"
-        "    --endpoints v1=10.0.0.5:8080,v2=10.0.0.6:8080 -o canaryproxy.yaml",
-        "Fields with no meaning here are listed as ignored on stderr; fields that cannot be\n"
-        "honoured are refused with their path.",
+        "    --endpoints reviews-v1=10.0.0.5:8080,reviews-v2=10.0.0.6:8080 -o canaryproxy.yaml",
+        "Fields with no meaning here (Kubernetes wiring) are listed as ignored on stderr;\n"
+        "fields that cannot be honoured are refused with their path, and the run fails\n"
+        "unless --best-effort. docs/coming-from.md lists both.",
     )
-    i.add_argument("kind", choices=["istio", "gateway", "flagger"], help="manifest family")
+    i.add_argument(
+        "kind", choices=["istio", "gateway", "flagger", "ingress-nginx"], help="manifest family"
+    )
     i.add_argument("files", nargs="+", metavar="FILE", help="manifest files (multi-document YAML)")
     i.add_argument("-o", "--output", default="", help="write here instead of stdout")
-    i.add_argument("--endpoints", default="", help="subset addresses: v1=HOST:PORT,v2=HOST:PORT")
+    i.add_argument(
+        "--endpoints",
+        default="",
+        help="upstream addresses, NAME=HOST:PORT,...: Istio `reviews-v1` (or `v1` when one "
+        "service is imported), Gateway API and ingress-nginx Service names (`foo-80` for "
+        "ingress-nginx), Flagger `primary`/`canary` (default: Flagger's Service names)",
+    )
+    i.add_argument(
+        "--best-effort",
+        action="store_true",
+        help="import what translates; print refusals as warnings and exit 0",
+    )
 
 
 def _state_verbs(verbs: _Verbs) -> None:

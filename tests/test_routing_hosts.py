@@ -84,11 +84,13 @@ def _prefix_rule(p: str) -> MatchRule:
         ("/old", "/old", "/new", "/new"),
         ("/old/a", "/old", "/", "/a"),
         ("/old", "/old", "/", "/"),
-        ("/old/", "/old/", "/new", "/new"),
+        ("/old/", "/old/", "/new", "/new/"),  # the trailing "/" stays, as the Gateway API
+        ("/old/", "/old/", "/", "/"),
         ("/old/a", "/old/", "/new", "/new/a"),
         ("/older", "/old", "/new", "/newer"),  # prefix is a string prefix, as Istio's
         ("/prefix/one/two", "/prefix/one", "/one", "/one/two"),
         ("/a", "/", "/b", "/b/a"),
+        ("/", "/", "/b", "/b"),
     ],
 )
 def test_replace_prefix(path, prefix, replacement, out) -> None:

@@ -86,6 +86,7 @@ class Ctx:
         self.upstreams: list[str] = []
         self.routes: dict[str, s.Route] = {}
         self.listeners: list[str] = ["default"]  # names routes may refer to
+        self.document: object = None  # the whole document, for rules across sections
 
     def err(self, path: str, message: str) -> Any:
         self.errors.append((path, message))

@@ -66,11 +66,20 @@ _UPSTREAM: dict[str, Reader] = {
 }
 
 
+def _answers_only(doc: object) -> bool:
+    """Every route redirects or answers directly: such a config needs no upstream."""
+    routes = doc.get("routes") if isinstance(doc, dict) else None
+    return bool(routes) and all(
+        isinstance(r, dict) and "route" not in r and ("redirect" in r or "direct_response" in r)
+        for r in routes
+    )
+
+
 def upstreams(ctx: Ctx, value: object, path: str) -> Any:
     """`{name: {endpoints: [...], ...}}` in YAML order -> tuple of Upstream."""
     if not isinstance(value, dict):
         return ctx.err(path, "must be a mapping of name -> {endpoints: [host:port, ...]}")
-    if not value:
+    if not value and not _answers_only(ctx.document):
         return ctx.err(path, "must define at least one upstream")
     out = []
     for key, body in value.items():
@@ -137,6 +146,7 @@ def validate(data: object, lines: Lines = None) -> tuple[s.Config | None, list[E
         both = "listen" in data
         ctx.err("listen", "give listen (one address) or listeners (a list), not both" if both
                 else "is required")  # fmt: skip
+    ctx.document = data
     m = ctx.mapping(data, "", list(_TOP), ["upstreams", "routes"])
     if m is None:
         return None, ctx.errors

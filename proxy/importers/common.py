@@ -1,7 +1,14 @@
-"""Shared pieces of the manifest importers: documents, errors with paths, small converters.
+"""Shared pieces of the manifest importers: documents, the report, small converters.
 
-An importer never guesses: every field it cannot express in our config becomes an error
-`FILE: Kind/name: field.path: what is wrong`, and the run fails whole (exit 1).
+Rules every importer keeps (a manifest must never be misrouted silently):
+- every field is translated, listed as ignored, or refused with its path;
+- an ignored field is Kubernetes wiring with no meaning here; it is printed as a note
+  `FILE: Kind/name: path: ignored: why`, the why taken from the importer's `IGNORED` table;
+- a refused field is an error `FILE: Kind/name: path: not supported[: why]` (the why from the
+  importer's `REFUSED` table when it has one); the run fails whole (exit 1) unless
+  `--best-effort`, which drops the refused part and prints the error as a warning;
+- tables key fields by their path with indices blanked (`spec.http[].corsPolicy`), and
+  docs/coming-from.md lists exactly those tables.
 """
 
 from __future__ import annotations
@@ -14,10 +21,28 @@ from typing import Any
 import yaml
 
 Doc = dict[str, Any]
+Table = dict[str, str]
 
 # Go duration syntax as Kubernetes writes it ("1m30s", "0.5s", "250ms").
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_INDEX = re.compile(r"\[\d+\]")
+
+# Object metadata every importer ignores: it tells Kubernetes how to store the object.
+METADATA: Table = {
+    "metadata.namespace": "the Kubernetes namespace of the object; names here are global",
+    "metadata.labels": "Kubernetes object labels select objects, not requests",
+    "metadata.annotations": "Kubernetes object annotations (none of them route requests)",
+    "metadata.uid": "written by the API server",
+    "metadata.resourceVersion": "written by the API server",
+    "metadata.generation": "written by the API server",
+    "metadata.creationTimestamp": "written by the API server",
+    "metadata.managedFields": "written by the API server",
+    "metadata.selfLink": "written by the API server",
+    "metadata.finalizers": "Kubernetes garbage collection",
+    "metadata.ownerReferences": "Kubernetes garbage collection",
+    "status": "written by the controller, not by the user",
+}
 
 
 class ImportFailed(Exception):
@@ -26,7 +51,7 @@ class ImportFailed(Exception):
 
 @dataclass
 class Source:
-    """One manifest document and where it came from, for error messages."""
+    """One manifest document and where it came from, for messages."""
 
     file: str
     doc: Doc
@@ -41,25 +66,94 @@ class Source:
         return str(meta.get("name", "")) if isinstance(meta, dict) else ""
 
     @property
+    def namespace(self) -> str:
+        meta = self.doc.get("metadata") or {}
+        return str(meta.get("namespace") or "") if isinstance(meta, dict) else ""
+
+    @property
     def spec(self) -> Doc:
         spec = self.doc.get("spec")
         return spec if isinstance(spec, dict) else {}
 
 
+def generic(path: str) -> str:
+    """`spec.http[0].fault` -> `spec.http[].fault`: the key of a path in the tables."""
+    return _INDEX.sub("[]", path)
+
+
 @dataclass
-class Errors:
-    """Every problem found, each with its file, object and field path."""
+class Report:
+    """What an import found: refusals (`lines`), notes, and problems no flag can skip."""
 
     lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
 
     def add(self, src: Source, path: str, message: str) -> None:
+        """A refusal: the field cannot be honoured."""
         self.lines.append(f"{src.file}: {src.kind}/{src.name}: {path}: {message}")
 
-    def unsupported(self, src: Source, path: str) -> None:
-        self.add(src, path, "not supported")
+    def unsupported(self, src: Source, path: str, refused: Table | None = None) -> None:
+        why = (refused or {}).get(generic(path))
+        self.add(src, path, f"not supported: {why}" if why else "not supported")
+
+    def ignored(self, src: Source, path: str, table: Table) -> None:
+        """A field with no meaning here; its why comes from the importer's table."""
+        self.note(src, path, f"ignored: {table[generic(path)]}")
+
+    def note(self, src: Source, path: str, text: str) -> None:
+        self.notes.append(f"{src.file}: {src.kind}/{src.name}: {path}: {text}")
+
+    def missing(self, src: Source, path: str, message: str) -> None:
+        """Input the run cannot do without (endpoints): fatal even with --best-effort."""
+        self.fatal.append(f"{src.file}: {src.kind}/{src.name}: {path}: {message}")
+
+    def mark(self) -> int:
+        return len(self.lines)
+
+    def since(self, mark: int) -> bool:
+        """Were refusals added after `mark`? (a part that has one is dropped whole)"""
+        return len(self.lines) > mark
 
     def __bool__(self) -> bool:
-        return bool(self.lines)
+        return bool(self.lines or self.fatal)
+
+
+def check_keys(
+    report: Report,
+    src: Source,
+    obj: Any,
+    path: str,
+    known: set[str],
+    ignored: Table | None = None,
+    refused: Table | None = None,
+) -> None:
+    """Every key of `obj` that is not `known` is noted as ignored (when the table has it)
+    or refused."""
+    if not isinstance(obj, dict):
+        return
+    for key in obj:
+        if key in known:
+            continue
+        kpath = f"{path}.{key}" if path else str(key)
+        if ignored is not None and generic(kpath) in ignored:
+            report.ignored(src, kpath, ignored)
+        else:
+            report.unsupported(src, kpath, refused)
+
+
+def check_metadata(report: Report, src: Source, translated: frozenset[str] = frozenset()) -> None:
+    """Note the object metadata (and `status`) this importer does not read."""
+    meta = src.doc.get("metadata")
+    for key in meta if isinstance(meta, dict) else ():
+        if key != "name" and key not in translated:
+            path = f"metadata.{key}"
+            if path in METADATA:
+                report.ignored(src, path, METADATA)
+            else:
+                report.unsupported(src, path)
+    if "status" in src.doc:
+        report.ignored(src, "status", METADATA)
 
 
 def read_documents(paths: list[str]) -> Iterator[Source]:
@@ -113,36 +207,56 @@ def duration_text(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def duration(report: Report, src: Source, value: Any, path: str) -> str | None:
+    """A Go duration in our syntax, or None (refused) when it is not one."""
+    seconds = go_duration(value)
+    if seconds is None:
+        report.add(src, path, f"{value!r}: not a duration")
+        return None
+    return duration_text(seconds)
+
+
+def to_num(
+    report: Report, src: Source, value: Any, path: str, integer: bool = False
+) -> int | float | None:
+    """A number of the manifest (as written: `90`, `"90"`, `12.5`), or None (refused)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        got = float(value)
+        if integer and not got.is_integer():
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        report.add(src, path, f"{value!r}: not {'an integer' if integer else 'a number'}")
+        return None
+    return int(got) if integer else number(got)
+
+
 def number(value: float) -> int | float:
     """Whole numbers print as ints, so the YAML reads `weight: 90`, not `90.0`."""
     return int(value) if float(value).is_integer() else value
 
 
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def as_dict(value: Any) -> Doc:
+    return value if isinstance(value, dict) else {}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes a value shared by two routes twice, never as a YAML alias (`*id001`)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_config(config: Doc) -> str:
     """Native config YAML, keys in the order the README documents them."""
     header = "# Generated by `canaryproxy import`; check it with `canaryproxy validate -c FILE`.\n"
-    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-
-
-def check_keys(errors: Errors, src: Source, obj: Doc, path: str, known: set[str]) -> None:
-    """Report every key of `obj` we do not translate."""
-    for key in obj:
-        if key not in known:
-            errors.unsupported(src, f"{path}.{key}" if path else key)
-
-
-def upstreams_for(
-    names: list[str], endpoints: dict[str, list[str]], errors: Errors, src: Source, what: str
-) -> dict[str, Doc]:
-    """One upstream per subset name, its endpoints from --endpoints; missing ones are errors."""
-    out: dict[str, Doc] = {}
-    for name in names:
-        addrs = endpoints.get(name)
-        if not addrs:
-            errors.add(src, what, f"{name}: no endpoints; pass --endpoints {name}=HOST:PORT")
-            continue
-        out[name] = {"endpoints": list(addrs)}
-    return out
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return header + body
 
 
 def unique_name(name: str, owner: str, taken: set[str]) -> str:
@@ -153,3 +267,13 @@ def unique_name(name: str, owner: str, taken: set[str]) -> str:
         candidate, n = f"{owner}-{name}-{n}", n + 1
     taken.add(candidate)
     return candidate
+
+
+def re2_escape(text: str) -> str:
+    """An RE2-safe literal (`re.escape` also escapes characters RE2 reads literally anyway)."""
+    return "".join("\\" + ch if ch in r".^$*+?()[]{}|\\" else ch for ch in text)
+
+
+def sub_literal(text: str) -> str:
+    """A regex substitution that inserts `text` as written (backslashes doubled)."""
+    return text.replace("\\", "\\\\")

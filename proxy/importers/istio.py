@@ -1,56 +1,68 @@
 """Istio VirtualService + DestinationRule -> routes and upstreams.
 
 Istio evaluates `http[]` first-match-wins, exactly as our `routes:`, so each http route keeps
-its position. DestinationRule subsets name pods by labels; `--endpoints` binds each subset
-name to addresses. Every field without an equivalent is reported, never dropped.
+its position. `spec.hosts` become route `hosts` as written (a short name like `reviews`
+stays `reviews`; `*` means any host), and each host is its own virtual host: requests for it
+never fall through to another VirtualService's routes (see vhosts). Upstreams are named per
+service, `reviews-v1` (short host + subset), so two services' `v1` never merge; the bare
+subset name is accepted by `--endpoints` while only one service is imported.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from proxy.importers import istio_actions
+from proxy.importers.bind import Wanted, bind
 from proxy.importers.common import (
     Doc,
-    Errors,
+    Report,
     Source,
+    Table,
+    as_dict,
+    as_list,
     check_keys,
-    duration_text,
-    go_duration,
-    number,
+    check_metadata,
+    duration,
+    to_num,
     unique_name,
-    upstreams_for,
 )
 from proxy.importers.destination_rule import Subsets, short_host
+from proxy.importers.istio_match import REFUSED as MATCH_REFUSED
+from proxy.importers.istio_match import (
+    convert_fault,
+    convert_header_ops,
+    convert_match,
+    convert_matches,
+    convert_retries,
+)
+from proxy.importers.vhosts import isolate
 
 KINDS = ("VirtualService", "DestinationRule")
-_STRING_KINDS = ("exact", "prefix", "regex")
-# The canonical Istio cookie pattern: `^(.*?;)?(NAME=VALUE)(;.*)?$` -> a cookie match.
-_COOKIE_RE = re.compile(r"^\^\(\.\*\?;\)\?\(([A-Za-z0-9_\-.]+)=(.+)\)\(;\.\*\)\?\$$")
-# retryOn conditions that only ever fire on HTTP/2 or gRPC: our upstream side speaks
-# HTTP/1.1, so they can never trigger and dropping them changes nothing.
-_RETRY_NOOP = {
-    "refused-stream",
-    "cancelled",
-    "unavailable",
-    "deadline-exceeded",
-    "resource-exhausted",
-    "internal",
-    "retriable-status-codes",
+_DEST_PATHS = ("route[].destination", "mirror", "mirrors[].destination")
+IGNORED: Table = {
+    "spec.gateways": "which Envoys serve the routes (sidecars, ingress gateways); "
+    "here the proxy's own listener serves them",
+    "spec.exportTo": "Istio config visibility across namespaces",
+    **{
+        f"spec.http[].{p}.port": "the Service port; addresses come from --endpoints"
+        for p in _DEST_PATHS
+    },
 }
-_RETRY_MAP = {
-    "connect-failure": ["connect-failure"],
-    "reset": ["reset"],
-    "gateway-error": ["502", "503", "504"],
-    "502": ["502"],
-    "503": ["503"],
-    "504": ["504"],
+REFUSED: Table = {
+    "spec.tcp": "TCP routes (canaryproxy is an HTTP proxy)",
+    "spec.tls": "TLS passthrough routes (canaryproxy terminates HTTP)",
+    "spec.http[].delegate": "delegate VirtualServices: put the routes in one",
+    "spec.http[].corsPolicy": "CORS answers",
+    **MATCH_REFUSED,
 }
-_MATCH_KEYS = {"name", "uri", "method", "headers", "queryParams", "withoutHeaders", "authority"}
 _HTTP_KEYS = {
     "name",
     "match",
     "route",
+    "redirect",
+    "rewrite",
+    "directResponse",
     "mirror",
     "mirrors",
     "mirrorPercentage",
@@ -60,236 +72,160 @@ _HTTP_KEYS = {
     "timeout",
     "headers",
 }
-
-
-def string_match(errors: Errors, src: Source, value: Any, path: str, empty: str = "") -> Doc | None:
-    """Istio StringMatch -> ours. `{}` means `empty` (present/absent) where Istio allows it."""
-    if not isinstance(value, dict):
-        errors.add(src, path, "expected a mapping with exact, prefix or regex")
-        return None
-    if not value and empty:
-        return {empty: True}
-    keys = [k for k in value if k in _STRING_KINDS]
-    check_keys(errors, src, value, path, set(_STRING_KINDS))
-    if len(keys) != 1:
-        errors.add(src, path, "expected exactly one of exact, prefix, regex")
-        return None
-    return {keys[0]: str(value[keys[0]])}
-
-
-def _headers_match(errors: Errors, src: Source, m: Doc, path: str, out: Doc) -> None:
-    for name, sm in (m.get("headers") or {}).items():
-        hpath = f"{path}.headers.{name}"
-        conv = string_match(errors, src, sm, hpath, empty="present")
-        if conv is None:
-            continue
-        cookie = _COOKIE_RE.match(conv.get("regex", "")) if name.lower() == "cookie" else None
-        if cookie:
-            value = cookie.group(2)
-            key = "regex" if re.escape(value) != value else "exact"
-            out.setdefault("cookies", {})[cookie.group(1)] = {key: value}
-        else:
-            out.setdefault("headers", {})[name.lower()] = conv
-    for name, sm in (m.get("withoutHeaders") or {}).items():
-        if sm:  # a negated value has no equivalent: only absence can be expressed
-            errors.add(src, f"{path}.withoutHeaders.{name}", "only {} (header absent) is supported")
-            continue
-        out.setdefault("headers", {})[name.lower()] = {"absent": True}
-
-
-def _method(errors: Errors, src: Source, value: Any, path: str) -> list[str] | None:
-    conv = string_match(errors, src, value, path)
-    if conv is None:
-        return None
-    if "exact" in conv:
-        return [conv["exact"].upper()]
-    alts = re.fullmatch(r"\^?\(?([A-Z|]+)\)?\$?", conv.get("regex", ""))
-    if alts:  # `GET|HEAD` is common and means a method list
-        return [m for m in alts.group(1).split("|") if m]
-    errors.add(src, path, "only exact methods or a regex like GET|HEAD are supported")
-    return None
-
-
-def convert_match(errors: Errors, src: Source, m: Any, path: str) -> Doc:
-    """One Istio HTTPMatchRequest -> one item of our `match:` list (all keys ANDed)."""
-    if not isinstance(m, dict):
-        errors.add(src, path, "expected a mapping")
-        return {}
-    check_keys(errors, src, m, path, _MATCH_KEYS)
-    if m.get("ignoreUriCase"):
-        errors.unsupported(src, f"{path}.ignoreUriCase")
-    out: Doc = {}
-    if "uri" in m:
-        conv = string_match(errors, src, m["uri"], f"{path}.uri")
-        if conv:
-            out["path"] = conv
-    if "method" in m:
-        methods = _method(errors, src, m["method"], f"{path}.method")
-        if methods:
-            out["method"] = methods
-    if "authority" in m:  # HTTP/1.1 carries :authority as Host
-        conv = string_match(errors, src, m["authority"], f"{path}.authority")
-        if conv:
-            out.setdefault("headers", {})["host"] = conv
-    _headers_match(errors, src, m, path, out)
-    for name, sm in (m.get("queryParams") or {}).items():
-        conv = string_match(errors, src, sm, f"{path}.queryParams.{name}", empty="present")
-        if conv:
-            out.setdefault("query", {})[name] = conv
-    return out
-
-
-def convert_header_ops(errors: Errors, src: Source, h: Any, path: str) -> Doc:
-    """Istio Headers {request, response: {set, add, remove}} -> our HeaderPolicy YAML."""
-    out: Doc = {}
-    if not isinstance(h, dict):
-        errors.add(src, path, "expected a mapping")
-        return out
-    check_keys(errors, src, h, path, {"request", "response"})
-    for direction in ("request", "response"):
-        ops = h.get(direction)
-        if not isinstance(ops, dict):
-            continue
-        check_keys(errors, src, ops, f"{path}.{direction}", {"set", "add", "remove"})
-        conv = {k: ops[k] for k in ("set", "add", "remove") if ops.get(k)}
-        if conv:
-            out[direction] = conv
-    return out
-
-
-def convert_retries(errors: Errors, src: Source, r: Any, path: str) -> Doc:
-    """Istio HTTPRetry -> retries. `attempts` are extra tries in both."""
-    if not isinstance(r, dict):
-        errors.add(src, path, "expected a mapping")
-        return {}
-    check_keys(errors, src, r, path, {"attempts", "perTryTimeout", "retryOn"})
-    out: Doc = {"attempts": int(r.get("attempts", 0))}
-    if "perTryTimeout" in r:
-        out["per_try_timeout"] = _duration(errors, src, r["perTryTimeout"], f"{path}.perTryTimeout")
-    if "retryOn" in r:
-        out["retry_on"] = _retry_on(errors, src, str(r["retryOn"]), f"{path}.retryOn")
-    return out
-
-
-def _retry_on(errors: Errors, src: Source, text: str, path: str) -> list[str]:
-    out: list[str] = []
-    for cond in filter(None, (c.strip() for c in text.split(","))):
-        if cond in _RETRY_NOOP:
-            continue
-        mapped = _RETRY_MAP.get(cond)
-        if mapped is None:
-            hint = " (use gateway-error: 502, 503, 504)" if cond == "5xx" else ""
-            errors.add(src, path, f"{cond}: not supported{hint}")
-            continue
-        out.extend(c for c in mapped if c not in out)
-    return out or ["connect-failure"]
-
-
-def _duration(errors: Errors, src: Source, value: Any, path: str) -> str:
-    seconds = go_duration(value)
-    if seconds is None:
-        errors.add(src, path, f"{value!r}: not a duration")
-        return "0s"
-    return duration_text(seconds)
-
-
-def _percent(value: Any) -> float:
-    """Istio Percent `{value: 12.5}` (or the old integer form)."""
-    if isinstance(value, dict):
-        return float(value.get("value", 100.0))
-    return float(value) if value is not None else 100.0
-
-
-def convert_fault(errors: Errors, src: Source, f: Any, path: str) -> Doc:
-    """HTTPFaultInjection: fixed delay and HTTP-status abort; gRPC and exponential are not."""
-    out: Doc = {}
-    if not isinstance(f, dict):
-        errors.add(src, path, "expected a mapping")
-        return out
-    check_keys(errors, src, f, path, {"delay", "abort"})
-    delay, abort = f.get("delay"), f.get("abort")
-    if isinstance(delay, dict):
-        check_keys(errors, src, delay, f"{path}.delay", {"fixedDelay", "percentage", "percent"})
-        pct = _percent(delay.get("percentage", delay.get("percent")))
-        fixed = _duration(errors, src, delay.get("fixedDelay"), f"{path}.delay.fixedDelay")
-        out["delay"] = {"fixed": fixed, "percent": number(pct)}
-    if isinstance(abort, dict):
-        check_keys(errors, src, abort, f"{path}.abort", {"httpStatus", "percentage"})
-        if "httpStatus" in abort:
-            pct = number(_percent(abort.get("percentage")))
-            out["abort"] = {"status": int(abort["httpStatus"]), "percent": pct}
-    return out
+_FORWARD_ONLY = ("rewrite", "mirror", "mirrors", "retries")
 
 
 class _Refs:
-    """Subsets the routes reference, as (host, subset, upstream name)."""
+    """Upstreams the routes reference: {name: (service, subset or None, where)}."""
 
     def __init__(self) -> None:
-        self.used: dict[str, tuple[str, str | None]] = {}
+        self.used: dict[str, tuple[str, str | None, Source, str]] = {}
 
-    def upstream(self, dest: Doc) -> str:
-        host = short_host(str(dest.get("host", "")))
-        subset = dest.get("subset")
-        name = str(subset) if subset else host
-        self.used.setdefault(name, (host, str(subset) if subset else None))
+    def upstream(self, src: Source, dest: Any, path: str, default_host: str) -> str:
+        dest = as_dict(dest)
+        host = short_host(str(dest.get("host") or default_host))
+        subset = str(dest["subset"]) if dest.get("subset") else None
+        name = (f"{host}-{subset}" if host else subset) if subset else host
+        self.used.setdefault(name, (host, subset, src, path))
         return name
 
-
-def _destination(errors: Errors, src: Source, d: Any, path: str, refs: _Refs) -> Doc | None:
-    if not isinstance(d, dict) or not isinstance(d.get("destination"), dict):
-        errors.add(src, path, "expected a destination")
-        return None
-    check_keys(errors, src, d, path, {"destination", "weight", "headers"})
-    dest = d["destination"]
-    check_keys(errors, src, dest, f"{path}.destination", {"host", "subset", "port"})
-    out: Doc = {"destination": refs.upstream(dest)}
-    if "weight" in d:
-        out["weight"] = number(float(d["weight"]))
-    if d.get("headers"):
-        out["headers"] = convert_header_ops(errors, src, d["headers"], f"{path}.headers")
-    return out
+    def services(self) -> set[str]:
+        return {host for host, _, _, _ in self.used.values()}
 
 
-def _mirror(errors: Errors, src: Source, h: Doc, path: str, refs: _Refs) -> Doc | None:
-    if h.get("mirrors"):
-        mirrors = h["mirrors"]
-        if len(mirrors) > 1:
-            errors.add(src, f"{path}.mirrors", "only one mirror destination is supported")
+def _hosts(report: Report, src: Source) -> list[str]:
+    """`spec.hosts` as route hosts (`*` = any host, i.e. none)."""
+    hosts = [str(h) for h in as_list(src.spec.get("hosts"))]
+    if "*" in hosts:
+        return []
+    for i, host in enumerate(hosts):
+        if "." not in host:
+            report.note(src, f"spec.hosts[{i}]", f"{host}: kept as written: only requests with "
+                        f"`Host: {host}` match (Istio also answers its cluster FQDN; add it if "
+                        "clients use it)")  # fmt: skip
+        elif host.endswith(".svc.cluster.local"):
+            report.note(src, f"spec.hosts[{i}]", f"{host}: kept as written: requests with "
+                        "the short name do not match it")  # fmt: skip
+    return hosts
+
+
+class _VS:
+    """One VirtualService being translated."""
+
+    def __init__(self, report: Report, src: Source, refs: _Refs, taken: set[str]) -> None:
+        self.report, self.src, self.refs, self.taken = report, src, refs, taken
+        self.hosts = _hosts(report, src)
+        first = next(iter(as_list(src.spec.get("hosts"))), "")
+        self.default_host = str(first) if first != "*" else ""
+        self.service = short_host(self.default_host)
+
+    def upstream(self, dest: Any, path: str) -> str:
+        """The upstream a Destination names (its fields checked at `path`)."""
+        check_keys(self.report, self.src, dest, path, {"host", "subset"}, IGNORED)
+        return self.refs.upstream(self.src, dest, path, self.default_host)
+
+    def routes(self) -> list[Doc]:
+        spec = self.src.spec
+        check_keys(self.report, self.src, spec, "spec", {"hosts", "http"}, IGNORED, REFUSED)
+        check_metadata(self.report, self.src)
+        owner = self.src.name or _stem(self.src.file)
+        out: list[Doc] = []
+        for i, h in enumerate(as_list(spec.get("http"))):
+            base = str(as_dict(h).get("name") or f"{owner}-{i}")
+            out.extend(self._http(as_dict(h), f"spec.http[{i}]", base, owner))
+        if not spec.get("http"):
+            self.report.add(self.src, "spec.http", "no http routes")
+        return out
+
+    def _http(self, h: Doc, path: str, base: str, owner: str) -> list[Doc]:
+        """One http[] entry -> one route (one per match item with a `rewrite.uri`)."""
+        report, src = self.report, self.src
+        check_keys(report, src, h, path, _HTTP_KEYS, IGNORED, REFUSED)
+        matches = convert_matches(report, src, h.get("match"), f"{path}.match")
+        route = self._action(h, path)
+        if matches is None or route is None:
+            return []  # every match refused, or no action: nothing safe to route
+        self._options(h, path, route)
+        groups = [[m] for m in matches] if istio_actions.has_uri_rewrite(h) else [matches]
+        rewrite = None
+        if "route" in route and "rewrite" in h:
+            rewrite = istio_actions.rewrite_for(report, src, h["rewrite"], f"{path}.rewrite")
+        out: list[Doc] = []
+        for n, group in enumerate(groups or [[]]):
+            one: Doc = {"name": unique_name(base if n == 0 else f"{base}-{n}", owner, self.taken)}
+            if self.hosts:
+                one["hosts"] = list(self.hosts)
+            if self.service and self.service != one["name"]:
+                one["service"] = self.service
+            if group:
+                one["match"] = group
+            one.update(route)
+            if rewrite is not None:
+                one["rewrite"] = rewrite(group[0] if group else None)
+            out.append(one)
+        return out
+
+    def _action(self, h: Doc, path: str) -> Doc | None:
+        """`route:`, `redirect:` or `direct_response:` (exactly one), with its mirrors."""
+        report, src = self.report, self.src
+        given = [k for k in ("route", "redirect", "directResponse") if h.get(k)]
+        if len(given) != 1:
+            what = " and ".join(given) if given else "no route, redirect or directResponse"
+            report.add(src, path, f"{what}: needs exactly one")
             return None
-        m = mirrors[0]
-        dest, pct = m.get("destination") or {}, m.get("percentage")
-    elif h.get("mirror"):
-        dest = h["mirror"]
-        pct = h.get("mirrorPercentage", h.get("mirrorPercent"))
-    else:
-        return None
-    return {"destination": refs.upstream(dest), "percent": number(_percent(pct))}
+        if given[0] == "redirect":
+            rd = istio_actions.redirect(report, src, h["redirect"], f"{path}.redirect")
+            return self._answers(h, path, {"redirect": rd} if rd else None)
+        if given[0] == "directResponse":
+            dr = istio_actions.direct_response(
+                report, src, h["directResponse"], f"{path}.directResponse"
+            )
+            return self._answers(h, path, {"direct_response": dr} if dr else None)
+        dests = [self._destination(d, f"{path}.route[{i}]") for i, d in enumerate(h["route"])]
+        out: Doc = {"route": _istio_weights([d for d in dests if d])}
+        mirrors = istio_actions.mirrors(report, src, h, path, self.upstream)
+        if mirrors:
+            out["mirror"] = mirrors if len(mirrors) > 1 else mirrors[0]
+        return out if out["route"] else None
 
+    def _answers(self, h: Doc, path: str, action: Doc | None) -> Doc | None:
+        for key in _FORWARD_ONLY:
+            if key in h:
+                self.report.add(self.src, f"{path}.{key}", "applies to forwarded requests only")
+        return action
 
-def convert_http(errors: Errors, src: Source, h: Doc, path: str, name: str, refs: _Refs) -> Doc:
-    """One VirtualService http[] entry -> one route."""
-    check_keys(errors, src, h, path, _HTTP_KEYS)
-    route: Doc = {"name": name}
-    service = short_host(str((src.spec.get("hosts") or [""])[0]))
-    if service and service != name:
-        route["service"] = service
-    matches = h.get("match") or []
-    if matches:
-        route["match"] = [
-            convert_match(errors, src, m, f"{path}.match[{i}]") for i, m in enumerate(matches)
-        ]
-    dests = [
-        _destination(errors, src, d, f"{path}.route[{i}]", refs)
-        for i, d in enumerate(h.get("route") or [])
-    ]
-    route["route"] = _istio_weights([d for d in dests if d])
-    if not route["route"]:
-        errors.add(src, f"{path}.route", "no destination (redirect/directResponse not supported)")
-    mirror = _mirror(errors, src, h, path, refs)
-    if mirror:
-        route["mirror"] = mirror
-    _route_options(errors, src, h, path, route)
-    return route
+    def _destination(self, d: Any, path: str) -> Doc | None:
+        report, src = self.report, self.src
+        if not isinstance(d, dict) or not isinstance(d.get("destination"), dict):
+            report.add(src, path, "expected a destination")
+            return None
+        check_keys(report, src, d, path, {"destination", "weight", "headers"})
+        out: Doc = {"destination": self.upstream(d["destination"], f"{path}.destination")}
+        if "weight" in d:
+            weight = to_num(report, src, d["weight"], f"{path}.weight")
+            if weight is None:
+                return None
+            out["weight"] = weight
+        if d.get("headers"):
+            out["headers"] = convert_header_ops(report, src, d["headers"], f"{path}.headers")
+        return out
+
+    def _options(self, h: Doc, path: str, route: Doc) -> None:
+        report, src = self.report, self.src
+        if "timeout" in h:
+            timeout = duration(report, src, h["timeout"], f"{path}.timeout")
+            if timeout and timeout != "0s":  # 0s: Istio's "no timeout", keep our default
+                route["timeout"] = timeout
+        if "retries" in h and "route" in route:
+            retries = convert_retries(report, src, h["retries"], f"{path}.retries")
+            if retries:
+                route["retries"] = retries
+        if "fault" in h:
+            fault = convert_fault(report, src, h["fault"], f"{path}.fault")
+            if fault:
+                route["fault"] = fault
+        if h.get("headers"):
+            route["headers"] = convert_header_ops(report, src, h["headers"], f"{path}.headers")
 
 
 def _istio_weights(dests: list[Doc]) -> list[Doc]:
@@ -300,59 +236,63 @@ def _istio_weights(dests: list[Doc]) -> list[Doc]:
     return dests
 
 
-def _route_options(errors: Errors, src: Source, h: Doc, path: str, route: Doc) -> None:
-    if "timeout" in h:
-        route["timeout"] = _duration(errors, src, h["timeout"], f"{path}.timeout")
-    if "retries" in h:
-        route["retries"] = convert_retries(errors, src, h["retries"], f"{path}.retries")
-    if "fault" in h:
-        route["fault"] = convert_fault(errors, src, h["fault"], f"{path}.fault")
-    if h.get("headers"):
-        route["headers"] = convert_header_ops(errors, src, h["headers"], f"{path}.headers")
+def _stem(file: str) -> str:
+    base = file.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] or "virtualservice"
+
+
+def as_virtual_service(report: Report, src: Source) -> Source:
+    """A document without `kind` whose `spec.http` is a list reads as a VirtualService (the
+    shape articles print: only `spec: {http: [...]}`); said in a note."""
+    if not src.kind and isinstance(src.spec.get("http"), list):
+        meta = {"name": _stem(src.file), **as_dict(src.doc.get("metadata"))}
+        src = Source(src.file, {**src.doc, "kind": "VirtualService", "metadata": meta})
+        report.note(src, "kind", "not given: read as a VirtualService (it has spec.http)")
+    return src
 
 
 def translate(
-    sources: list[Source], endpoints: dict[str, list[str]], errors: Errors
+    sources: list[Source], endpoints: dict[str, list[str]], report: Report
 ) -> tuple[list[Doc], dict[str, Doc]]:
-    """VirtualServices -> routes (in file order), DestinationRules -> the upstreams they use."""
+    """VirtualServices -> routes (in file order), DestinationRules -> upstream options."""
     subsets, refs, taken = Subsets(), _Refs(), set[str]()
-    routes: list[Doc] = []
     for src in sources:
         if src.kind == "DestinationRule":
-            subsets.add(errors, src)
+            subsets.add(report, src)
+    routes: list[Doc] = []
     for src in sources:
         if src.kind == "VirtualService":
-            routes.extend(_virtual_service(errors, src, refs, taken))
-    return routes, _upstreams(errors, sources, subsets, refs, endpoints)
+            routes.extend(_VS(report, src, refs, taken).routes())
+    used = {d["destination"] for r in routes for d in _targets(r)}
+    wanted = [w for w in _wanted(refs, subsets, endpoints) if w.name in used]
+    return isolate(routes, taken), bind(wanted, endpoints, report)
 
 
-def _virtual_service(errors: Errors, src: Source, refs: _Refs, taken: set[str]) -> list[Doc]:
-    check_keys(errors, src, src.spec, "spec", {"hosts", "gateways", "http", "exportTo"})
+def _targets(route: Doc) -> list[Doc]:
+    """The destinations and mirrors of a route (a refused route's never count)."""
+    mirror = route.get("mirror")
+    mirrors = mirror if isinstance(mirror, list) else [mirror] if mirror else []
+    return [*route.get("route", []), *mirrors]
+
+
+def _wanted(refs: _Refs, subsets: Subsets, endpoints: dict[str, list[str]]) -> list[Wanted]:
+    """Each referenced upstream, with the bare subset as an alias while one service is
+    imported. A subset needs a DestinationRule only when --endpoints does not name it."""
+    one_service = len(refs.services()) <= 1
     out = []
-    for i, h in enumerate(src.spec.get("http") or []):
-        name = unique_name(str(h.get("name") or f"{src.name}-{i}"), src.name, taken)
-        out.append(convert_http(errors, src, h, f"spec.http[{i}]", name, refs))
-    if not out:
-        errors.add(src, "spec.http", "no http routes (tcp/tls routes are not supported)")
+    for name, (host, subset, src, path) in refs.used.items():
+        aliases = (subset,) if subset and one_service and subset != name else ()
+        defined = subset is None or subset in subsets.by_host.get(host, {})
+        named = any(k in endpoints for k in (name, *aliases))
+        hint = f"pass --endpoints {name}=HOST:PORT"
+        if not defined and not named:
+            hint = f"no DestinationRule for host {host} defines subset {subset}; {hint}"
+        elif subset and not one_service:
+            hint += f" (a bare `{subset}` is ambiguous: {len(refs.services())} services)"
+        opts = dict(subsets.host_options.get(host, {}))
+        opts.update(subsets.by_host.get(host, {}).get(subset or "", {}))
+        out.append(Wanted(name, src, path, aliases, opts, hint=hint))
     return out
 
 
-def _upstreams(
-    errors: Errors,
-    sources: list[Source],
-    subsets: Subsets,
-    refs: _Refs,
-    endpoints: dict[str, list[str]],
-) -> dict[str, Doc]:
-    vs = next((s for s in sources if s.kind == "VirtualService"), sources[0])
-    out: dict[str, Doc] = {}
-    for name, (host, subset) in refs.used.items():
-        if subset is not None and subset not in subsets.by_host.get(host, {}):
-            errors.add(vs, "subset", f"{subset}: no DestinationRule for host {host} defines it")
-            continue
-        ups = upstreams_for([name], endpoints, errors, vs, "subset")
-        if name in ups:
-            opts = dict(subsets.host_options.get(host, {}))
-            opts.update(subsets.by_host.get(host, {}).get(subset or "", {}))
-            out[name] = {**ups[name], **opts}
-    return out
+__all__ = ["KINDS", "IGNORED", "REFUSED", "translate", "convert_match", "as_virtual_service"]

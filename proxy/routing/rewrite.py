@@ -46,13 +46,15 @@ def matched_prefix(prefixes: tuple[str, ...], path: str) -> str:
 
 
 def replace_prefix(path: str, prefix: str, replacement: str) -> str:
+    """`prefix` (which `path` starts with) replaced by `replacement`. A prefix's trailing
+    "/" stays with the rest (`/old/` -> `/new`: `/old/` becomes `/new/`, as the Gateway
+    API's ReplacePrefixMatch), and one "/" joins the two parts."""
+    prefix = prefix.rstrip("/")
     rest = path[len(prefix) :]
+    if not prefix and rest == "/":
+        rest = ""  # the prefix "/" took the whole path "/"
     if replacement.endswith("/") and rest.startswith("/"):
         rest = rest[1:]
-    elif (
-        rest and not rest.startswith("/") and not replacement.endswith("/") and prefix.endswith("/")
-    ):
-        rest = "/" + rest
     return (replacement + rest) or "/"
 
 
