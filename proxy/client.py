@@ -258,8 +258,6 @@ def cmd_undo(args: Namespace) -> int:
     return _run(go, args)
 
 
-
-
 # -- reload and explain -----------------------------------------------------------------
 
 

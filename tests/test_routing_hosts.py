@@ -123,8 +123,22 @@ def test_rewrite_target(rewrite, target, out) -> None:
 @pytest.mark.parametrize(
     ("rd", "scheme", "authority", "listener", "target", "location"),
     [
-        (Redirect(scheme="https"), "http", "shop.com:8080", 8080, "/a?b=1", "https://shop.com/a?b=1"),
-        (Redirect(scheme="https", port=8443), "http", "shop.com", 80, "/a", "https://shop.com:8443/a"),
+        (
+            Redirect(scheme="https"),
+            "http",
+            "shop.com:8080",
+            8080,
+            "/a?b=1",
+            "https://shop.com/a?b=1",
+        ),
+        (
+            Redirect(scheme="https", port=8443),
+            "http",
+            "shop.com",
+            80,
+            "/a",
+            "https://shop.com:8443/a",
+        ),
         (Redirect(host="new.com"), "http", "shop.com:8080", 8080, "/a", "http://new.com:8080/a"),
         (Redirect(host="new.com"), "http", "shop.com", 8080, "/a", "http://new.com:8080/a"),
         (Redirect(host="new.com"), "http", "shop.com", 80, "/a", "http://new.com/a"),

@@ -69,7 +69,7 @@ _UPSTREAM: dict[str, Reader] = {
 def _answers_only(doc: object) -> bool:
     """Every route redirects or answers directly: such a config needs no upstream."""
     routes = doc.get("routes") if isinstance(doc, dict) else None
-    return bool(routes) and all(
+    return isinstance(routes, list) and bool(routes) and all(
         isinstance(r, dict) and "route" not in r and ("redirect" in r or "direct_response" in r)
         for r in routes
     )
