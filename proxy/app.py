@@ -104,10 +104,17 @@ class App:
         return self.reloader.last_error
 
     def reload(self) -> dict:
+        self._reload_certificates()
         return self.reloader.reload()
 
     async def reload_async(self) -> dict:
+        self._reload_certificates()
         return await self.reloader.reload_async()
+
+    def _reload_certificates(self) -> None:
+        """SIGHUP and POST /api/v1/reload reload TLS certificates too (workers poll them)."""
+        if self._server is not None:
+            self._server.reload_certificates()
 
     # -- startup and shutdown --------------------------------------------------------
 
@@ -160,7 +167,9 @@ class App:
         for listener in config.all_listeners():
             sock = bind(listener.listen)
             host, port = split_listen(listener.listen)
-            await self._server.start(host, port, sock=sock, listener=listener.name)
+            await self._server.start(
+                host, port, sock=sock, listener=listener.name, tls=listener.tls
+            )
         self.listener_ports = dict(self._server.ports)
         self.proxy_port = self._server.port
 

@@ -121,6 +121,14 @@ class ProxyMetrics:
         )  # fmt: skip
         for result in ("ok", "rejected"):
             self.config_reloads.labels(result)
+        self.tls_handshake_errors = Counter(
+            "canaryproxy_tls_handshake_errors", "Failed TLS handshakes by listener and reason",
+            ["listener", "reason"], registry=r,
+        )  # fmt: skip
+        self.tls_reloads = Counter(
+            "canaryproxy_tls_certificate_reloads", "TLS listener certificate reloads by result",
+            ["listener", "result"], registry=r,
+        )  # fmt: skip
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -295,6 +303,13 @@ class ProxyMetrics:
 
     def reload(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
+
+    def tls_handshake_error(self, listener: str, reason: str) -> None:
+        self.tls_handshake_errors.labels(listener, reason).inc()
+
+    def tls_reload(self, listener: str, result: str) -> None:
+        """A TLS listener's certificates reloaded: result "ok" | "rejected" (old ones kept)."""
+        self.tls_reloads.labels(listener, result).inc()
 
     def set_upstream_health(self, health: Iterable[tuple[str, str, bool]]) -> None:
         """Replace the health gauge with (version, endpoint, healthy) triples."""

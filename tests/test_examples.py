@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import ssl
 import subprocess
 import sys
 import urllib.parse
@@ -67,7 +68,11 @@ def _url(url: str, moves: dict[str, str]) -> str:
 
 def move_text(data: dict[str, Any], moves: dict[str, str], interval: str | None) -> None:
     """The YAML mapping with its addresses moved (and the canaries' interval, if given)."""
-    data["listen"] = "127.0.0.1:0"
+    if "listeners" in data:  # one loopback address each: two cannot both say 127.0.0.1:0
+        for i, listener in enumerate(data["listeners"]):
+            listener["listen"] = f"127.0.0.{i + 1}:0"
+    else:
+        data["listen"] = "127.0.0.1:0"
     data["admin"]["listen"] = "127.0.0.1:0"
     for up in data["upstreams"].values():
         up["endpoints"] = [moves[e] for e in up["endpoints"]]
@@ -93,9 +98,11 @@ def move_config(config: Config, moves: dict[str, str], interval: float | None) -
             interval=a.interval if interval is None else interval,
         )
         canaries.append(rep(c, analysis=a))
+    listeners = tuple(rep(x, listen=f"127.0.0.{i + 1}:0") for i, x in enumerate(config.listeners))
     return rep(
         config,
         listen="127.0.0.1:0",
+        listeners=listeners,
         admin=rep(config.admin, listen="127.0.0.1:0"),
         upstreams=ups,
         canaries=tuple(canaries),
@@ -523,3 +530,22 @@ async def test_canary__new_revision(tmp_path: Path) -> None:
         await s.cli("reload")
         c = await s.until_phase("Progressing", "Failed")
         assert (c["phase"], c["failed_checks"], c["weight"]) == ("Progressing", 0, 5), c
+
+
+@behaviour
+async def test_https(tmp_path: Path) -> None:
+    """web answers 301 to https on 8443; websecure serves v1 over verified TLS."""
+    async with serving("https.yaml", tmp_path) as s:
+        async with s.session.get(s.url + "/a?b=1", allow_redirects=False) as r:
+            assert r.status == 301
+            assert r.headers["Location"] == "https://127.0.0.1:8443/a?b=1"
+        ctx = ssl.create_default_context(cafile=str(CONFIG_DIR / "certs" / "example-ca.pem"))
+        port = s.app.listener_ports["websecure"]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.2", port, ssl=ctx, server_hostname="localhost"
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        out = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"v1\n")
+        assert s.backends["v1"].requests[-1]["headers"]["X-Forwarded-Proto"] == "https"

@@ -207,6 +207,17 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class UpstreamTLS:
+    """HTTPS to a Subset's endpoints. "" means: no such file (system CAs, no client cert)."""
+
+    sni: str = ""  # "" means the endpoint's host when it is a name
+    ca: str = ""  # a PEM bundle of the CAs to trust; "" means the system's
+    verify: bool = True  # False: any certificate is accepted (warned about at load)
+    cert: str = ""  # a client certificate (mTLS), with `key`
+    key: str = ""
+
+
+@dataclass(frozen=True)
 class Upstream:
     """A Subset: one version of the service, reachable at `endpoints` (host:port)."""
 
@@ -219,6 +230,7 @@ class Upstream:
     max_pending: int = 1024
     queue_timeout: float = 1.0
     max_requests: int = 1024  # in flight
+    tls: UpstreamTLS | None = None  # None: plain HTTP
 
 
 @dataclass(frozen=True)
@@ -338,9 +350,25 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CertPair:
+    cert: str  # PEM file: the certificate (and its chain)
+    key: str  # PEM file: its private key
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """TLS termination: SNI picks a certificate by its names, the first is the default."""
+
+    certificates: tuple[CertPair, ...]
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    client_ca: str | None = None  # a CA bundle: client certificates required (mTLS)
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     listen: str
+    tls: ListenerTls | None = None
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ dangling reference is an error, never a silent default.
 
 This module reads the top level and `upstreams:`; the field readers live in
 `proxy.config.fields`, routes in `validate_routes` and canaries in `validate_canaries`.
+The one exception to "no I/O": the files an upstream's `tls` names are loaded (as the data
+plane will load them) so that a missing or broken one is an error by path, not a 502 later.
 """
 
 from __future__ import annotations
 
+import re
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 from proxy.config import schema as s
@@ -23,6 +28,7 @@ from proxy.config.fields import (
     Reader,
     abs_path,
     at_least,
+    boolean,
     build,
     duration,
     env_name,
@@ -31,12 +37,15 @@ from proxy.config.fields import (
     join,
     list_of,
     name,
+    nonempty,
     one_of,
     parse_duration,
     positive_duration,
     read_keys,
     record,
+    refine,
     set_of,
+    string,
 )
 from proxy.config.validate_canaries import canaries
 from proxy.config.validate_gateway import listeners
@@ -54,6 +63,56 @@ _HEALTH_CHECK: dict[str, Reader] = {
     "unhealthy": at_least(1, integer=True),
 }
 
+_SNI = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_TLS: dict[str, Reader] = {
+    "sni": refine(string, _SNI.match, '"{}" is not a host name'),
+    "ca": nonempty,
+    "verify": boolean,
+    "cert": nonempty,
+    "key": nonempty,
+}
+
+
+def _loads(
+    ctx: Ctx, path: str, file: str, load: Callable[[ssl.SSLContext], object], what: str
+) -> None:
+    try:
+        load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    except ssl.SSLError as exc:  # an OSError too: read first
+        ctx.err(path, f"not {what}: {exc}")
+    except OSError as exc:
+        ctx.err(path, f"cannot read: {file}: {exc.strerror or exc}")
+
+
+def _read(file: str) -> None:
+    with open(file, "rb"):
+        pass
+
+
+def upstream_tls(ctx: Ctx, value: object, path: str) -> Any:
+    """`tls: {sni, ca, verify, cert, key}` -> UpstreamTLS; its files must load."""
+    t = build(ctx, value, path, s.UpstreamTLS, _TLS)
+    if t is BAD:
+        return BAD
+    if bool(t.cert) != bool(t.key):
+        given, missing = ("cert", "key") if t.cert else ("key", "cert")
+        return ctx.err(join(path, missing), f"is required with {given} (a client certificate)")
+    errors = len(ctx.errors)
+    if t.ca:
+        _loads(
+            ctx, join(path, "ca"), t.ca, lambda c: c.load_verify_locations(t.ca), "a PEM CA bundle"
+        )
+    if t.cert:
+        _loads(ctx, join(path, "cert"), t.cert, lambda c: _read(t.cert), "")  # which one is missing
+        _loads(ctx, join(path, "key"), t.key, lambda c: _read(t.key), "")
+        if len(ctx.errors) == errors:
+            pair = "a PEM certificate and key that match"
+            _loads(
+                ctx, join(path, "cert"), t.cert, lambda c: c.load_cert_chain(t.cert, t.key), pair
+            )
+    return BAD if len(ctx.errors) > errors else t
+
+
 _UPSTREAM: dict[str, Reader] = {
     "endpoints": list_of(host_port(), nonempty_=True),
     "health_check": record(s.HealthCheck, _HEALTH_CHECK),
@@ -63,15 +122,20 @@ _UPSTREAM: dict[str, Reader] = {
     "max_pending": at_least(0, integer=True),
     "queue_timeout": duration,
     "max_requests": at_least(1, integer=True),
+    "tls": upstream_tls,
 }
 
 
 def _answers_only(doc: object) -> bool:
     """Every route redirects or answers directly: such a config needs no upstream."""
     routes = doc.get("routes") if isinstance(doc, dict) else None
-    return isinstance(routes, list) and bool(routes) and all(
-        isinstance(r, dict) and "route" not in r and ("redirect" in r or "direct_response" in r)
-        for r in routes
+    return (
+        isinstance(routes, list)
+        and bool(routes)
+        and all(
+            isinstance(r, dict) and "route" not in r and ("redirect" in r or "direct_response" in r)
+            for r in routes
+        )
     )
 
 

@@ -1,8 +1,9 @@
 """Validation of a route's gateway keys (SPEC §6) and of `listeners:`.
 
-Pure: no YAML, no I/O. `hosts`, `listeners`, `redirect`, `rewrite`, `direct_response`,
-`mirror` (one mapping or a list) and `failover`; the rule that a route has exactly one of
-`route`, `redirect` and `direct_response` is checked by `check_action`.
+Pure but for one edge: a TLS listener's certificate files are loaded (proxy.dataplane.tls)
+so that a bad file is reported by its path. `hosts`, `listeners`, `redirect`, `rewrite`,
+`direct_response`, `mirror` (one mapping or a list) and `failover`; the rule that a route
+has exactly one of `route`, `redirect` and `direct_response` is checked by `check_action`.
 """
 
 from __future__ import annotations
@@ -199,10 +200,41 @@ def check_action(ctx: Ctx, m: dict, path: str) -> None:
 # ---- listeners -----------------------------------------------------------------------------
 
 
+def _cert_pair(ctx: Ctx, value: object, path: str) -> Any:
+    from proxy.dataplane.tls import pair_error  # loads the files: the one I/O of validation
+
+    pair = build(ctx, value, path, s.CertPair, {"cert": string, "key": string}, ["cert", "key"])
+    if pair is BAD or not pair.cert or not pair.key:
+        return BAD
+    error = pair_error(pair)
+    return pair if error is None else ctx.err(join(path, error[0]), error[1])
+
+
+def _ca_file(ctx: Ctx, value: object, path: str) -> Any:
+    from proxy.dataplane.tls import ca_error
+
+    text = string(ctx, value, path)
+    error = None if text is BAD else ca_error(text)
+    return text if error is None else ctx.err(path, error)
+
+
+def _min_version(ctx: Ctx, value: object, path: str) -> Any:
+    return one_of("1.2", "1.3")(ctx, str(value) if isinstance(value, float) else value, path)
+
+
+_TLS: dict[str, Reader] = {
+    "certificates": list_of(_cert_pair, nonempty_=True),
+    "min_version": _min_version,
+    "client_ca": lambda ctx, v, p: None if v is None else _ca_file(ctx, v, p),
+}
+
+
 def listener(ctx: Ctx, value: object, path: str) -> Any:
-    readers: dict[str, Reader] = {"name": name, "listen": host_port(0)}
-    if isinstance(value, dict) and "tls" in value:
-        return ctx.err(join(path, "tls"), "TLS listeners are not supported yet")
+    readers: dict[str, Reader] = {
+        "name": name,
+        "listen": host_port(0),
+        "tls": record(s.ListenerTls, _TLS, ["certificates"]),
+    }
     return build(ctx, value, path, s.Listener, readers, ["name", "listen"])
 
 

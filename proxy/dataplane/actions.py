@@ -85,7 +85,7 @@ class RouteActions(ResponseStream):
         authority = host.decode("latin-1") if host else self.client.local_authority()
         location = redirect_location(
             rd,
-            "http",  # TLS listeners come later
+            self.client.listening.scheme,
             authority,
             self.client.listening.port,
             self.req.target.decode("latin-1"),

@@ -15,6 +15,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "upstream_connect_refused": (502, "the upstream refused the connection", "connect"),
     "upstream_reset": (502, "the upstream closed the connection", "reset"),
     "upstream_bad_response": (502, "the upstream sent an invalid response", "reset"),
+    "upstream_tls": (502, "the TLS handshake with the upstream failed", "connect"),
     "upstream_connect_timeout": (504, "connecting to the upstream timed out", "connect"),
     "upstream_timeout": (504, "the upstream did not answer in time", "timeout"),
     "no_healthy_upstream": (503, "no healthy upstream endpoint", "no_healthy"),

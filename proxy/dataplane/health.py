@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 
 import aiohttp
 
 from proxy.config.schema import Config, HealthCheck, Upstream
+from proxy.dataplane.upstream_tls import context_for
 from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,14 @@ class HealthChecker:
                 self._cancel(name)
         for name, u in wanted.items():
             if name not in self._tasks:
-                tasks = [self._spawn(u, a, initially_healthy(name, a)) for a in u.endpoints]
+                ctx = context_for(u, warn=False)  # HTTPS upstreams: one context for all probes
+                tasks = [self._spawn(u, a, initially_healthy(name, a), ctx) for a in u.endpoints]
                 self._tasks[name] = (u, tasks)
 
-    def _spawn(self, u: Upstream, address: str, healthy: bool) -> asyncio.Task:
-        return spawn(self._probe_loop(u, address, healthy), f"health {u.name} {address}")
+    def _spawn(
+        self, u: Upstream, address: str, healthy: bool, ctx: ssl.SSLContext | None
+    ) -> asyncio.Task:
+        return spawn(self._probe_loop(u, address, healthy, ctx), f"health {u.name} {address}")
 
     def _cancel(self, name: str) -> None:
         for t in self._tasks.pop(name)[1]:
@@ -75,12 +80,15 @@ class HealthChecker:
             await self._session.close()
             self._session = None
 
-    async def _probe_loop(self, u: Upstream, address: str, healthy: bool) -> None:
+    async def _probe_loop(
+        self, u: Upstream, address: str, healthy: bool, ctx: ssl.SSLContext | None
+    ) -> None:
         check = u.health_check
         assert check is not None
+        sni = u.tls.sni if u.tls is not None and u.tls.sni else None
         passes = fails = 0
         while True:
-            ok = await self.probe(address, check)
+            ok = await self.probe(address, check, ctx, sni)
             if ok:
                 self.passed.add((u.name, address))
             was = healthy
@@ -92,15 +100,24 @@ class HealthChecker:
                 self._on_change(u.name, address, healthy)
             await asyncio.sleep(check.interval)
 
-    async def probe(self, address: str, check: HealthCheck) -> bool:
+    async def probe(
+        self,
+        address: str,
+        check: HealthCheck,
+        ctx: ssl.SSLContext | None = None,
+        sni: str | None = None,
+    ) -> bool:
+        """One GET of the check's path; over HTTPS with `ctx` (and `sni`) when given."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
             )
-        url = f"http://{address}{check.path}"
+        url = f"{'https' if ctx else 'http'}://{address}{check.path}"
+        tls: dict = {"ssl": ctx, "server_hostname": sni} if ctx else {}
         try:
             timeout = aiohttp.ClientTimeout(total=check.timeout)
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+            get = self._session.get(url, timeout=timeout, allow_redirects=False, **tls)
+            async with get as resp:
                 await resp.read()
                 return 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError, OSError):

@@ -41,6 +41,7 @@ class RequestHeadParser:
     head_size: int
     url_done: bool
     valid_host: bytes  # the last Host value that passed the syntax check
+    scheme: bytes  # b"http" | b"https": the listener's, the X-Forwarded-Proto to send
 
     def on_message_begin(self) -> None:
         self.in_head = True
@@ -144,7 +145,7 @@ class RequestHeadParser:
             hdr.client_address(peer, self.xff, trusted) if trusted else peer,
             hdr.nominated(self.conn_values) if self.conn_values else NONE,
             hdr.forwarded_for(self.xff, peer),
-            self.xfp if trusted > 0 and self.xfp else b"http",
+            self.xfp if trusted > 0 and self.xfp else self.scheme,
             has_host,
             error,
         )

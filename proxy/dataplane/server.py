@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import httptools
 
-from proxy.config.schema import Limits
+from proxy.config.schema import Limits, ListenerTls
 from proxy.dataplane.accesslog import AccessLog
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
@@ -27,6 +28,7 @@ from proxy.dataplane.parse import RequestHeadParser
 from proxy.dataplane.request import Reject, Stop, bare_request, check_request_line
 from proxy.dataplane.rules import lingers
 from proxy.dataplane.timers import ClientTimers
+from proxy.dataplane.tls import TlsListener, watch
 from proxy.dataplane.types import (
     BLOCK_CONN,
     BLOCK_PIPE,
@@ -37,18 +39,21 @@ from proxy.dataplane.types import (
     header_dict,
 )
 from proxy.dataplane.upstream import Pools
+from proxy.tasks import spawn
 
 BACKLOG = 1024  # as the listen sockets the app binds itself
+CERT_POLL = 1.0  # seconds between looks at the certificate files of TLS listeners
 
 
 class Listening:
-    """One listener being served: its config name and the port it is bound to."""
+    """One listener being served: its config name, the port it is bound to, its scheme."""
 
-    __slots__ = ("name", "port")
+    __slots__ = ("name", "port", "scheme")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, scheme: str = "http") -> None:
         self.name = name
         self.port = 0
+        self.scheme = scheme  # "https" on a TLS listener: X-Forwarded-Proto and redirects
 
 
 class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protocol):
@@ -56,6 +61,7 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         self.server = server
         self.listening = listening or Listening("default")
         self.listener = self.listening.name  # what routing reads, once per request
+        self.scheme = self.listening.scheme.encode()  # the X-Forwarded-Proto to send
         self.loop = server.loop
         self.limits = server.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
@@ -320,7 +326,9 @@ class ProxyServer:
         self.draining = False
         self.port = 0  # the first listener's
         self.ports: dict[str, int] = {}  # listener name -> port
+        self.tls: dict[str, TlsListener] = {}  # TLS listener name -> its contexts
         self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(
         self,
@@ -329,15 +337,22 @@ class ProxyServer:
         sock: socket.socket | None = None,
         reuse_port: bool = False,
         listener: str = "default",
+        tls: ListenerTls | None = None,
     ) -> None:
         """Serve one listener; called once per listener of the config, in config order."""
         self.loop = asyncio.get_running_loop()
-        listening = Listening(listener)
+        listening = Listening(listener, "http" if tls is None else "https")
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            extra = {
+                "ssl": self._tls_context(listener, tls),
+                "ssl_handshake_timeout": self.limits.header_timeout,
+            }
         # asyncio listens with a backlog of 100 (also on a socket it is given); a burst of
         # new connections beyond it is dropped and retried by the client a second later.
         if sock is not None:
             srv = await self.loop.create_server(
-                lambda: ClientConnection(self, listening), sock=sock, backlog=BACKLOG
+                lambda: ClientConnection(self, listening), sock=sock, backlog=BACKLOG, **extra
             )
         else:
             srv = await self.loop.create_server(
@@ -346,11 +361,30 @@ class ProxyServer:
                 port,
                 reuse_port=reuse_port or None,
                 backlog=BACKLOG,
+                **extra,
             )
         self._servers.append(srv)
         listening.port = srv.sockets[0].getsockname()[1]
         self.ports[listener] = listening.port
         self.port = self.port or listening.port
+
+    def _tls_context(self, listener: str, tls: ListenerTls) -> ssl.SSLContext:
+        """The listener's server context (SNI and reloads inside); the watch starts once."""
+        metrics: Any = self.metrics
+        contexts = self.tls[listener] = TlsListener(
+            listener,
+            tls,
+            getattr(metrics, "tls_reload", None),
+            getattr(metrics, "tls_handshake_error", None),
+        )
+        if len(self.tls) == 1:
+            spawn(watch(self.tls, CERT_POLL), "certificate watch", self._tasks)
+        return contexts.context
+
+    def reload_certificates(self) -> None:
+        """Reload every TLS listener's certificates now (SIGHUP, POST /api/v1/reload)."""
+        for contexts in self.tls.values():
+            contexts.reload()
 
     def record(self, ex: Exchange, code: int, seconds: float) -> None:
         """Count and log a finished exchange."""
@@ -386,6 +420,10 @@ class ProxyServer:
 
     async def close(self) -> None:
         self.draining = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):

@@ -10,6 +10,7 @@ unusable: it is closed, never reused.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Protocol
 
 import httptools
@@ -164,7 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
         handler, self.handler = self.handler, None
         self.pool.forget(self)
         if handler is not None:
-            handler.up_failed("upstream_reset", self.got_bytes)
+            # TLS 1.3 ends the handshake before the server checks a client certificate: a
+            # refusal arrives as an alert on the first read of a new connection.
+            tls = isinstance(exc, ssl.SSLError) and not self.requests and not self.got_bytes
+            handler.up_failed("upstream_tls" if tls else "upstream_reset", self.got_bytes)
         # The parser holds bound methods of this protocol: without it the connection is
         # freed by reference counting, not by the next full gc pass.
         self.parser = None  # type: ignore[assignment]

@@ -9,6 +9,10 @@ Passive health: EJECT_AFTER consecutive gateway failures eject an endpoint for a
 (never the last one left); a refused connect (nothing listens there) ejects it at once, the
 last one too, until a probe connects (PROBE_FIRST s later, then doubling to PROBE_MAX) or an
 active health check turns it healthy again.
+
+An upstream with `tls` is reached over HTTPS with the pool's one SSLContext
+(`dataplane.upstream_tls`); its connections are pooled like plain ones. A failed handshake is
+`upstream_tls`: a gateway failure of that endpoint, never a refusal.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Protocol
 from proxy.config.schema import Config, Upstream
 from proxy.dataplane.rules import CONNECT_REFUSED, NO_HEALTHY
 from proxy.dataplane.upconn import Endpoint, UpstreamConnection
+from proxy.dataplane.upstream_tls import UPSTREAM_TLS, context_for, server_name, tls_failed
 from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ PROBE_MAX = 5.0
 # which decides what may fail over).
 OVERLOADED = "overloaded"
 CONNECT_TIMEOUT = "upstream_connect_timeout"
-__all__ = ["CONNECT_REFUSED", "CONNECT_TIMEOUT", "NO_HEALTHY", "OVERLOADED"]
+__all__ = ["CONNECT_REFUSED", "CONNECT_TIMEOUT", "NO_HEALTHY", "OVERLOADED", "UPSTREAM_TLS"]
 
 AcquireCallback = Callable[["UpstreamConnection | None", "Endpoint | None", str], None]
 
@@ -54,6 +59,7 @@ class UpstreamPool:
         self.name = upstream.name
         start = healthy or {}
         self.endpoints = [Endpoint(a, start.get(a, True)) for a in upstream.endpoints]
+        self.ssl = context_for(upstream)  # once per pool: every connection reuses it
         self._rr = 0
         self.connections = 0  # connecting + active + idle
         self.in_flight = 0  # requests holding a slot
@@ -172,9 +178,16 @@ class UpstreamPool:
 
     async def _open(self, ep: Endpoint, cb: AcquireCallback) -> None:
         loop = self._loop
+        tls, name = self.ssl, None
+        if self.upstream.tls is not None:
+            name = server_name(self.upstream.tls, ep.host)
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, ep)
+
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, ep), ep.host, ep.port),
+                loop.create_connection(factory, ep.host, ep.port, ssl=tls, server_hostname=name),
                 self.upstream.connect_timeout,
             )
         except (TimeoutError, OSError) as exc:
@@ -182,6 +195,9 @@ class UpstreamPool:
             ep.active -= 1
             self.in_flight -= 1
             reason = CONNECT_TIMEOUT if isinstance(exc, asyncio.TimeoutError) else CONNECT_REFUSED
+            if tls and tls_failed(exc):
+                reason = UPSTREAM_TLS
+                self.report(ep, False)  # a gateway failure, not a refusal: no instant ejection
             self._serve_pending()
             cb(None, ep, reason)
             return

@@ -101,10 +101,11 @@ class Worker:
         )
         if hasattr(self.server, "goals"):
             self.server.goals = self.goals
+        tls = {x.name: x.tls for x in self.config.all_listeners()}
         for name, host, port in listeners:
             # bound here, not by create_server, so that "[::]" is dual-stack as in one process
             sock = bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", reuse_port=True)
-            await self.server.start(host, port, sock=sock, listener=name)
+            await self.server.start(host, port, sock=sock, listener=name, tls=tls.get(name))
         return int(self.server.port)
 
     def report(self, final: bool = False) -> None:
