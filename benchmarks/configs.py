@@ -7,6 +7,7 @@ always adds them), the same 95/5 split and the same scenario feature.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,31 @@ from benchmarks.scenarios import ROUTES, STICKY_COOKIE, TENANT_HEADER, USER_HEAD
 
 WEIGHTS = {"v1": 95, "v2": 5}
 BODY_64K = 64 * 1024
+REPO_CERTS = Path(__file__).resolve().parent.parent / "config" / "certs"
+
+
+def tls_files(d: Path) -> tuple[Path, Path, Path]:
+    """(cert, key, cert+key in one file for HAProxy) for 127.0.0.1 / localhost, in `d`.
+
+    Made with trustme (ECDSA P-256) when it is installed, else the repo's example
+    certificate (also ECDSA P-256); the same files for every proxy in a run. wrk does not
+    verify certificates, so no CA is needed on the client side.
+    """
+    cert, key, both = d / "bench-cert.pem", d / "bench-key.pem", d / "bench-both.pem"
+    if not (cert.exists() and key.exists()):
+        try:
+            import trustme
+
+            issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
+            cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
+            key.write_bytes(issued.private_key_pem.bytes())
+        except ImportError:
+            cert.write_bytes((REPO_CERTS / "localhost.pem").read_bytes())
+            key.write_bytes((REPO_CERTS / "localhost.key").read_bytes())
+        key.chmod(0o600)
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    both.chmod(0o600)
+    return cert, key, both
 
 
 def _route_subset(i: int) -> str:
@@ -89,6 +115,15 @@ def nginx_proxy(d: Path, port: int, up: tuple[int, int], s: Scenario) -> Path:
     maps, pool = _nginx_maps(s)
     log = f"access_log {d}/nginx-access.log;" if s.access_log else "access_log off;"
     ka = "keepalive 256; keepalive_requests 10000000; keepalive_timeout 60s;"
+    ssl = ""
+    if s.tls:
+        cert, key, _ = tls_files(d)
+        # nginx 1.22's default stops at TLS 1.2; ours and HAProxy offer 1.3, so say it. Its
+        # defaults otherwise (cipher list, session tickets on, no session cache).
+        ssl = (
+            f" ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {cert};\n"
+            f"    ssl_certificate_key {key}"
+        )
     text = (
         _nginx_common("nginx", d)
         + f"""http {{
@@ -105,7 +140,7 @@ def nginx_proxy(d: Path, port: int, up: tuple[int, int], s: Scenario) -> Path:
     {ka}
   }}
 {maps}  server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{ssl};
     location / {{
       proxy_pass http://{pool};
       proxy_http_version 1.1;
@@ -167,6 +202,7 @@ def _haproxy_rules(s: Scenario) -> str:
 def haproxy(d: Path, port: int, up: tuple[int, int], s: Scenario) -> Path:
     log_global = "  log stdout format raw local0\n" if s.access_log else ""
     log_defaults = "  log global\n  option httplog\n" if s.access_log else ""
+    ssl = f" ssl crt {tls_files(d)[2]} alpn http/1.1" if s.tls else ""
     text = f"""global
   nbthread 1
   maxconn 9000  # needs 2 fds per connection; the hard fd limit here is 20000
@@ -181,8 +217,8 @@ defaults
   option forwardfor
 {log_defaults}
 frontend fe
-  bind 127.0.0.1:{port} backlog 4096
-  http-request set-header X-Forwarded-Proto http
+  bind 127.0.0.1:{port} backlog 4096{ssl}
+  http-request set-header X-Forwarded-Proto {s.scheme}
   unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
   unique-id-header X-Request-Id
 {_haproxy_rules(s)}{_haproxy_backends(up)}"""
@@ -192,7 +228,12 @@ frontend fe
 
 
 def ours_dict(
-    port: int, admin: int, up: tuple[int, int], s: Scenario, access_log: Path | None
+    port: int,
+    admin: int,
+    up: tuple[int, int],
+    s: Scenario,
+    access_log: Path | None,
+    tls_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Our config for the scenario, as the mapping that is written to YAML."""
     default: dict[str, Any] = {
@@ -204,8 +245,21 @@ def ours_dict(
     if s.sticky:
         default["sticky"] = {"cookie": STICKY_COOKIE, "max_age": 86400}
     routes = [tenant_route(i) for i in range(ROUTES)] if s.routes else []
+    listen: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
+    if s.tls:
+        where = tls_dir or (access_log.parent if access_log else Path(tempfile.mkdtemp()))
+        cert, key, _ = tls_files(where)
+        listen = {
+            "listeners": [
+                {
+                    "name": "web",
+                    "listen": f"127.0.0.1:{port}",
+                    "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]},
+                }
+            ]
+        }
     return {
-        "listen": f"127.0.0.1:{port}",
+        **listen,
         "admin": {"listen": f"127.0.0.1:{admin}"},
         "access_log": str(access_log) if s.access_log and access_log else False,
         "metrics": {"compat": ["istio", "http"] if s.compat else []},

@@ -91,7 +91,7 @@ def start_ours_config(d: Path, conf: Path, port: int, admin: int) -> Running:
 
 def start_ours(d: Path, up: tuple[int, int], s: Scenario) -> Running:
     port, admin = procs.free_port(), procs.free_port()
-    data = configs.ours_dict(port, admin, up, s, d / "ours-access.log")
+    data = configs.ours_dict(port, admin, up, s, d / "ours-access.log", tls_dir=d)
     conf = configs.write_yaml(d / "ours.yaml", data)
     return start_ours_config(d, conf, port, admin)
 

@@ -118,7 +118,7 @@ def start_targets(
         except (RuntimeError, OSError) as e:
             _note(notes, f"{name}/{s.name}: did not start: {e}")
             continue
-        out.append(Target(name, f"http://127.0.0.1:{running.port}", running.proc))
+        out.append(Target(name, f"{s.scheme}://127.0.0.1:{running.port}", running.proc))
     return out
 
 

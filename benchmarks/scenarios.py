@@ -27,6 +27,11 @@ class Scenario:
     compat: bool = False  # our Istio/http compatible metric series
     access_log: bool = False
     ours_only: bool = False
+    tls: bool = False  # clients speak TLS to the proxy (same certificate for every proxy)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 UPLOAD_LUA = """
@@ -84,6 +89,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "metrics-compat", "Istio + http compatible metric series on", compat=True, ours_only=True
     ),
     Scenario("access-log", "access log to a file", access_log=True),
+    Scenario("tls", "GET / over TLS (ECDSA P-256), keep-alive", tls=True),
+    Scenario(
+        "tls-new-conn",
+        "GET / over TLS, new connection per request (wrk resumes the session)",
+        headers=("Connection: close",),
+        tls=True,
+    ),
 )
 
 QUICK = ("small", "header-routes")
