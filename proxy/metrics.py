@@ -74,6 +74,8 @@ class ProxyMetrics:
 
     def __init__(self, registry: CollectorRegistry, compat: frozenset[str] = frozenset()) -> None:
         self.registry = registry
+        self.open_tunnels: dict[tuple[str, str], int] = {}  # (route, version) -> open now
+        self.opened_tunnels: dict[tuple[str, str], int] = {}  # ... -> opened, cumulative
         self._series: dict[tuple[str, str], Series] = {}
         registry.register(RequestCollector(self._series, compat))  # type: ignore[arg-type]
         self._define(registry)
@@ -129,6 +131,14 @@ class ProxyMetrics:
             "canaryproxy_tls_certificate_reloads", "TLS listener certificate reloads by result",
             ["listener", "result"], registry=r,
         )  # fmt: skip
+        self.tunnels_active = Gauge(
+            "canaryproxy_tunnels_active", "Upgraded (WebSocket) tunnels open now",
+            ["route", "version"], registry=r,
+        )  # fmt: skip
+        self.tunnels_total = Counter(
+            "canaryproxy_tunnels", "Upgraded (WebSocket) tunnels opened after a 101",
+            ["route", "version"], registry=r,
+        )  # fmt: skip
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -174,7 +184,8 @@ class ProxyMetrics:
             for k, s in list(self._series.items())
         }
         errors, mirrored = dict(self._err_counts), dict(self._mirror_counts)
-        return Counts(series, errors, mirrored, len(FINE_INF))
+        tunnels = dict(self.opened_tunnels), dict(self.open_tunnels)
+        return Counts(series, errors, mirrored, len(FINE_INF), *tunnels)
 
     def merge(self, source: int, counts: Counts) -> None:
         """Add what process `source` counted since its previous report.
@@ -193,11 +204,24 @@ class ProxyMetrics:
             self.upstream_errors.labels(version, reason).inc(n)
         for (route, version), n in new_counts(counts.mirrored, last.mirrored):
             self.mirrored_requests.labels(route, version).inc(n)
+        for (route, version), n in new_counts(counts.tunnels, last.tunnels):
+            self.tunnels_total.labels(route, version).inc(n)
+        self._add_open(counts.tunnels_open, last.tunnels_open)
         self._merged.last[source] = counts
+
+    def _add_open(self, now: dict[tuple[str, str], int], old: dict[tuple[str, str], int]) -> None:
+        """A worker's open tunnels moved from `old` to `now`: the gauge follows the sum."""
+        for key in now.keys() | old.keys():
+            d = now.get(key, 0) - old.get(key, 0)
+            if d:
+                self.tunnels_active.labels(*key).inc(d)
+                self.open_tunnels[key] = self.open_tunnels.get(key, 0) + d
 
     def retire(self, source: int) -> None:
         """`source` has exited after its last report: its counts stay in the totals."""
-        self._merged.last.pop(source, None)
+        last = self._merged.last.pop(source, None)
+        if last is not None:
+            self._add_open({}, last.tunnels_open)  # its tunnels ended with it
 
     def _add_series(
         self, key: tuple[str, str], now: SeriesCounts, old: SeriesCounts | None
@@ -303,6 +327,22 @@ class ProxyMetrics:
 
     def reload(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
+
+    def tunnel_opened(self, route: str, version: str) -> None:
+        self.tunnels_total.labels(route, version).inc()
+        self.tunnels_active.labels(route, version).inc()
+        key = (route, version)
+        self.open_tunnels[key] = self.open_tunnels.get(key, 0) + 1
+        self.opened_tunnels[key] = self.opened_tunnels.get(key, 0) + 1
+
+    def tunnel_closed(self, route: str, version: str) -> None:
+        self.tunnels_active.labels(route, version).dec()
+        key = (route, version)
+        self.open_tunnels[key] = self.open_tunnels.get(key, 1) - 1
+
+    def tunnels(self, route: str) -> dict[str, int]:
+        """Open tunnels of `route` by version (this process's data plane), for the status."""
+        return {v: n for (r, v), n in self.open_tunnels.items() if r == route and n > 0}
 
     def tls_handshake_error(self, listener: str, reason: str) -> None:
         self.tls_handshake_errors.labels(listener, reason).inc()

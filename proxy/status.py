@@ -51,6 +51,8 @@ def route_status(r: Route, weights: dict[str, float], routing: RoutingState, met
         "file_weights": {d.subset: float(d.weight) for d in r.destinations},
         "canary_match": match[0] if match else None,
         "versions": {s: metrics.version_rates(r.name, s) for s in weights},
+        # open WebSocket/Upgrade tunnels by version (metrics without tunnels: none shown)
+        "tunnels": metrics.tunnels(r.name) if hasattr(metrics, "tunnels") else {},
     }
 
 

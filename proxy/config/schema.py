@@ -347,6 +347,7 @@ class Limits:
     max_connections: int = 10000
     drain_timeout: float = 30.0
     trusted_hops: int = 0
+    tunnel_idle_timeout: float = 3600.0  # an upgraded (WebSocket) tunnel with no byte either way
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,7 @@ _LIMITS: dict[str, Reader] = {
     "max_connections": at_least(1, integer=True),
     "drain_timeout": duration,
     "trusted_hops": at_least(0, integer=True),
+    "tunnel_idle_timeout": positive_duration,
 }
 
 _IDENTITY: dict[str, Reader] = {"region_header": header_name, "user_header": header_name}

@@ -41,6 +41,7 @@ from proxy.dataplane.rules import (
     retry_after_response_timeout,
     retry_after_status,
 )
+from proxy.dataplane.tunnel import switch, upgrade_fields, upgrade_of
 from proxy.dataplane.types import BLOCK_CONN, Client
 from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
@@ -65,6 +66,7 @@ class Exchange(RouteActions):
         "body_bytes",
         "per_try",
         "upstream_addr",
+        "upgrade",
     )
 
     def __init__(self, client: Client, req: Request) -> None:
@@ -103,6 +105,7 @@ class Exchange(RouteActions):
         self.error = ""
         self.target = req.target
         self.failover = ""
+        self.upgrade = upgrade_of(req) if req.connection else None  # tunnelled after a 101
 
     # --- decision (at head time, before any body byte is read) ------------------------------
     def prepare(
@@ -177,6 +180,9 @@ class Exchange(RouteActions):
         else:
             policy = self._rewrite(route.rewrite)
         self.head = request_head(self.req, policy)
+        if self.upgrade is not None:  # hop-by-hop, so dropped by the policy: sent on purpose
+            self.head = self.head[:-2] + upgrade_fields(self.upgrade) + b"\r\n"
+            self.mirror = None
         self._attempt(fresh=False)
         if self.mirror is not None:
             self._start_mirror()
@@ -200,7 +206,8 @@ class Exchange(RouteActions):
         if self.loop.time() - self.t0 >= self.route.timeout > 0:
             self.fail("upstream_timeout")  # the route's timeout covers every attempt
             return
-        self.pool.acquire(self._on_conn, self.ep, fresh)
+        # An upgrade never shares a connection: after a 101 it is the tunnel's.
+        self.pool.acquire(self._on_conn, self.ep, fresh or self.upgrade is not None)
 
     def _on_conn(self, conn: UpstreamConnection | None, ep: Endpoint | None, reason: str) -> None:
         if conn is None:
@@ -335,6 +342,19 @@ class Exchange(RouteActions):
         self.client.write(self._response_head(status, headers, length, connection))
         # llhttp ends a 204 or 304 itself; another body-less answer (to HEAD) ends at its head.
         return self.mode == NO_BODY and status not in (204, 304)
+
+    def up_switched(
+        self, conn: UpstreamConnection, headers: list, connection: list[bytes], rest: bytes
+    ) -> None:
+        """101 to our upgrade: the connection leaves the pool and becomes a tunnel's end."""
+        self._cancel_timer()
+        self.conn = None
+        conn.closed = True  # released without a close, forgotten: the tunnel owns the socket
+        self.pool.release(conn, False)
+        self.pool.forget(conn)
+        if self.ep.failures:
+            self.pool.report(self.ep, True)
+        switch(self, conn.transport, headers, connection, rest)
 
     def up_failed(self, reason: str, got_bytes: bool) -> None:
         conn = self.conn

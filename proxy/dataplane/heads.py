@@ -14,7 +14,7 @@ from proxy import headers as hdr
 from proxy.config.schema import HeaderOps, HeaderPolicy
 from proxy.dataplane.errors import status_line
 from proxy.dataplane.request import Request
-from proxy.dataplane.rules import FAILOVER_FIELD, connection_field, request_framing
+from proxy.dataplane.rules import FAILOVER_FIELD, connection_field
 
 if TYPE_CHECKING:
     from proxy.routing.table import CompiledRoute
@@ -29,11 +29,16 @@ _FORWARD: dict[tuple, tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]] = {}
 
 def request_head(req: Request, policy: hdr.Policy) -> bytes:
     """The request's fields as sent upstream (after the request line and Host), framing and
-    the blank line included."""
+    the blank line included. The framing is `rules.request_framing`, inlined: once per
+    request, the call and one more concatenation cost ~0.5 % of a small GET."""
     lines = hdr.request_lines(
         req.headers, req.connection, req.xff, req.proto, req.request_id, policy
     )
-    return lines + request_framing(req.chunked, req.content_length) + b"\r\n"
+    if req.chunked:
+        return lines + b"Transfer-Encoding: chunked\r\n\r\n"
+    if req.content_length is not None:
+        return lines + b"Content-Length: %d\r\n\r\n" % req.content_length
+    return lines + b"\r\n"
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -29,6 +29,8 @@ from proxy.dataplane.request import (
     valid_authority,
 )
 
+_new = object.__new__
+
 
 class RequestHeadParser:
     """httptools request callbacks up to the end of the head."""
@@ -133,22 +135,22 @@ class RequestHeadParser:
             rid = new_request_id()
         trusted = self.limits.trusted_hops
         peer = self.peer
-        return Request(  # positional, in field order: the cheapest way to build it
-            method,
-            url,
-            http10,
-            p.should_keep_alive(),
-            self.headers,
-            int(cl[0]) if cl and error is None else None,
-            bool(self.te) and error is None,
-            rid,
-            hdr.client_address(peer, self.xff, trusted) if trusted else peer,
-            hdr.nominated(self.conn_values) if self.conn_values else NONE,
-            hdr.forwarded_for(self.xff, peer),
-            self.xfp if trusted > 0 and self.xfp else self.scheme,
-            has_host,
-            error,
-        )
+        req = _new(Request)  # not Request(...): see its docstring
+        req.method = method
+        req.target = url
+        req.http10 = http10
+        req.keep_alive = p.should_keep_alive()
+        req.headers = self.headers
+        req.content_length = int(cl[0]) if cl and error is None else None
+        req.chunked = bool(self.te) and error is None
+        req.request_id = rid
+        req.client_ip = hdr.client_address(peer, self.xff, trusted) if trusted else peer
+        req.connection = hdr.nominated(self.conn_values) if self.conn_values else NONE
+        req.xff = hdr.forwarded_for(self.xff, peer)
+        req.proto = self.xfp if trusted > 0 and self.xfp else self.scheme
+        req.has_host = has_host
+        req.error = error
+        return req
 
     def _absolute(
         self, url: bytes, has_host: bool, error: str | None

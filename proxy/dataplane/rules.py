@@ -13,7 +13,10 @@ Four families, each rule stated in its docstring:
   (`lingers`).
 
 `proxy.dataplane.exchange` asks these and does the I/O; `tests/test_dataplane_rules.py` has a
-row per case.
+row per case. Four run for every request and are inlined where they run, since a call is ~0.3 %
+of a small request's instructions: `response_framing`, `must_close` and `connection_field` in
+`stream.ResponseStream._response_head`, `request_framing` in `heads.request_head`. A change
+to one of them goes there too.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from proxy.dataplane.request import Reject, Stop, bare_request, check_request_li
 from proxy.dataplane.rules import lingers
 from proxy.dataplane.timers import ClientTimers
 from proxy.dataplane.tls import TlsListener, watch
+from proxy.dataplane.tunnel import BLOCK_SWITCH, http_again
 from proxy.dataplane.types import (
     BLOCK_CONN,
     BLOCK_PIPE,
@@ -90,6 +91,7 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         self.url_done = False
         self.corked: list[bytes] | None = None
         self.valid_host = b""  # the last Host value that passed the syntax check
+        self.early = b""  # bytes after an upgrade request's head (to the tunnel, if any)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,8 +149,12 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
                 self._count_head(began, len(data))
         except Reject as exc:
             self.reject(exc.reason)
-        except httptools.HttpParserUpgrade:
-            self._stop_reading()  # the request was served; no protocol switch follows
+        except httptools.HttpParserUpgrade as exc:
+            self.early = data[exc.args[0] :]
+            if self.queue and self.queue[-1].upgrade is not None:
+                self.block_read(BLOCK_SWITCH)  # until the answer: a tunnel, or HTTP again
+            else:
+                self._stop_reading()  # the request was served; no protocol switch follows
         except httptools.HttpParserError as exc:
             ctx = exc.__context__
             if isinstance(ctx, Reject):
@@ -218,6 +224,8 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         if self.closed:
             return
         self.uncork()
+        if ex.upgrade is not None and self.blocks & BLOCK_SWITCH:
+            http_again(self, ex)
         if self.blocks:
             self.unblock_read(BLOCK_UP | BLOCK_CONN)  # blocks set on behalf of `ex` end with it
         if ex.close_after:
@@ -271,7 +279,7 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
             ex.prepare(
                 self.server.get_table(), LazyHeaders(self.headers), self.expect, self.listener
             )
-        if ex.req.chunked or ex.req.content_length:
+        if not ex.req_done:  # a body follows
             self.parsing = ex
             self.last_body = self.loop.time()
             self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
@@ -329,6 +337,7 @@ class ProxyServer:
         self.tls: dict[str, TlsListener] = {}  # TLS listener name -> its contexts
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
+        self.tunnels: set[Any] = set()  # dataplane.tunnel.Tunnel: upgraded connections
 
     async def start(
         self,
@@ -415,8 +424,10 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.close_if_idle()
         deadline = self.loop.time() + timeout
-        while self.connections and self.loop.time() < deadline:
+        while (self.connections or self.tunnels) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        for tunnel in list(self.tunnels):
+            tunnel.close()
 
     async def close(self) -> None:
         self.draining = True
@@ -429,5 +440,7 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()
+        for tunnel in list(self.tunnels):
+            tunnel.close()
         for srv in self._servers:
             await srv.wait_closed()

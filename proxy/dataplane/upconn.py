@@ -108,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._no_body = False
         self._reusable = True
         self._paused = False
+        self._switched = False  # a 101 to an upgrade request: the rest goes to a tunnel
 
     # --- pool side ---------------------------------------------------------------------------
     def usable(self, now: float, idle_timeout: float) -> bool:
@@ -191,10 +192,22 @@ class UpstreamConnection(asyncio.Protocol):
         handler.up_cork()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._switch(data[exc.args[0] :])
         except (httptools.HttpParserError, _Abort):
             self._fail("upstream_bad_response")
         finally:
             handler.up_uncork()
+
+    def _switch(self, rest: bytes) -> None:
+        handler, self.handler = self.handler, None
+        switched = getattr(handler, "up_switched", None)
+        if not self._switched or switched is None:
+            self.handler = handler
+            self._fail("upstream_bad_response")
+            return
+        self.parser = None  # type: ignore[assignment]  # no more HTTP on this connection
+        switched(self, self._headers, self._connection, rest)
 
     def _fail(self, reason: str) -> None:
         handler = self.handler
@@ -233,7 +246,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         self._informational = 100 <= status < 200
         if status == 101:
-            raise _Abort  # we never ask for an upgrade
+            if getattr(self.handler, "upgrade", None) is None:
+                raise _Abort  # an upgrade we did not ask for
+            self._switched = True
+            return
         if self._informational or self.handler is None:
             return  # 1xx before the real response: not forwarded
         h = self.handler
@@ -247,6 +263,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.handler.up_body(body)
 
     def on_message_complete(self) -> None:
+        if self._switched:
+            return
         if self._informational:
             self._informational = False
             return

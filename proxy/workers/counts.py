@@ -39,6 +39,8 @@ class Counts:
     errors: dict[tuple[str, str], int]  # (version, reason) -> n, cumulative
     mirrored: dict[tuple[str, str], int]  # (route, version) -> n, cumulative
     buckets: int  # latency buckets per series in the worker: `at` indexes these
+    tunnels: dict[tuple[str, str], int] = field(default_factory=dict)  # opened, cumulative
+    tunnels_open: dict[tuple[str, str], int] = field(default_factory=dict)  # open now
 
 
 EMPTY_COUNTS = Counts({}, {}, {}, 0)
