@@ -7,7 +7,7 @@ checked) is per connection: `tls.sni`, else the endpoint's host (an IP address i
 against the certificate's IP entries and sends no SNI). Files changed under an unchanged
 config are read at the next change of that upstream or restart.
 
-A failed handshake or verification is `upstream_tls` (502, counted as reason `tls`): it is
+A failed handshake or verification is `upstream_tls` (502, counted as reason `connect`): it is
 not a refused connect, so it neither ejects the endpoint at once nor is retried on another
 endpoint (a certificate problem is a configuration problem, the same on every endpoint of a
 version); it counts as a gateway failure for passive health.
