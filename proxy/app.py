@@ -161,8 +161,11 @@ class App:
             from proxy.dataplane.accesslog import AccessLog
 
             access_log = self._access_log = AccessLog(config.access_log)
+        control = self.control
+        assert control is not None
+        # read per request: straight from control, not through the App's properties
         self._server = ProxyServer(
-            lambda: self.table, self.pools, self.metrics, access_log, config.limits
+            lambda: control.table, self.pools, self.metrics, access_log, config.limits
         )
         for listener in config.all_listeners():
             sock = bind(listener.listen)
