@@ -253,7 +253,15 @@ def serve_alerting(ctx: ssl.SSLContext) -> socket.socket:
             except OSError:
                 return  # closed by the test
             with conn, contextlib.suppress(OSError):
-                ctx.wrap_socket(conn, server_side=True).recv(1)
+                try:
+                    ctx.wrap_socket(conn, server_side=True).recv(1)
+                except ssl.SSLError:
+                    # a lingering close, as real servers do: closing with the client's
+                    # request unread would send a reset that can overtake the alert
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(1.0)
+                    while conn.recv(65536):
+                        pass
 
     threading.Thread(target=serve, daemon=True).start()
     return listener

@@ -46,6 +46,9 @@ class ConnPool(Protocol):
     @property
     def _loop(self) -> asyncio.AbstractEventLoop: ...
 
+    @property
+    def ssl(self) -> ssl.SSLContext | None: ...  # set: the pool speaks TLS
+
     def forget(self, conn: UpstreamConnection) -> None: ...
 
 
@@ -167,8 +170,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if handler is not None:
             # TLS 1.3 ends the handshake before the server checks a client certificate: a
-            # refusal arrives as an alert on the first read of a new connection.
-            tls = isinstance(exc, ssl.SSLError) and not self.requests and not self.got_bytes
+            # refusal arrives as an alert on the first read of a new connection, or as the
+            # reset that follows it when the server closes with our request unread.
+            first = not self.requests and not self.got_bytes
+            refused = isinstance(exc, ssl.SSLError) or (
+                isinstance(exc, ConnectionResetError) and self.pool.ssl is not None
+            )
+            tls = first and refused
             handler.up_failed("upstream_tls" if tls else "upstream_reset", self.got_bytes)
         # The parser holds bound methods of this protocol: without it the connection is
         # freed by reference counting, not by the next full gc pass.
