@@ -203,6 +203,16 @@ class App:
             for event in events:
                 self.canaries.goals.record(*event)
 
+    def close_tunnels(self, route: str, version: str) -> None:
+        """Close `version`'s open tunnels on `route`, in every data-plane process."""
+        if self.workers is not None:
+            self.workers.close_tunnels(route, version)
+        elif self._server is not None:
+            from proxy.dataplane.tunnel import close_version
+
+            n = close_version(self._server, route, version)
+            log.info("route %s: closed %d tunnel(s) of %s", route, n, version)
+
     def _publish(self) -> None:
         """Routing, config or health changed: workers rebuild their table from it."""
         if self.workers is not None:

@@ -311,6 +311,9 @@ class Control:
         new = RoutingState(new_weights, new_match, file_weights(self.config))
         self.apply(new, cause, quiet_if_same=True)
 
+    def close_tunnels(self, route: str, version: str) -> None:
+        self.parts.close_tunnels(route, version)
+
     def save_canary_state(self, name: str, state: dict) -> None:
         self.store.save_canary_state(name, state)
 

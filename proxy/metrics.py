@@ -76,6 +76,7 @@ class ProxyMetrics:
         self.registry = registry
         self.open_tunnels: dict[tuple[str, str], int] = {}  # (route, version) -> open now
         self.opened_tunnels: dict[tuple[str, str], int] = {}  # ... -> opened, cumulative
+        self._tls_counts: dict[tuple[str, str, str], int] = {}  # workers.counts.Counts.tls
         self._series: dict[tuple[str, str], Series] = {}
         registry.register(RequestCollector(self._series, compat))  # type: ignore[arg-type]
         self._define(registry)
@@ -185,7 +186,8 @@ class ProxyMetrics:
         }
         errors, mirrored = dict(self._err_counts), dict(self._mirror_counts)
         tunnels = dict(self.opened_tunnels), dict(self.open_tunnels)
-        return Counts(series, errors, mirrored, len(FINE_INF), *tunnels)
+        tls = dict(self._tls_counts)
+        return Counts(series, errors, mirrored, len(FINE_INF), *tunnels, tls=tls)
 
     def merge(self, source: int, counts: Counts) -> None:
         """Add what process `source` counted since its previous report.
@@ -207,6 +209,8 @@ class ProxyMetrics:
         for (route, version), n in new_counts(counts.tunnels, last.tunnels):
             self.tunnels_total.labels(route, version).inc(n)
         self._add_open(counts.tunnels_open, last.tunnels_open)
+        for (kind, listener, why), n in new_counts(counts.tls, last.tls):
+            self._tls_counter(kind).labels(listener, why).inc(n)
         self._merged.last[source] = counts
 
     def _add_open(self, now: dict[tuple[str, str], int], old: dict[tuple[str, str], int]) -> None:
@@ -345,11 +349,19 @@ class ProxyMetrics:
         return {v: n for (r, v), n in self.open_tunnels.items() if r == route and n > 0}
 
     def tls_handshake_error(self, listener: str, reason: str) -> None:
-        self.tls_handshake_errors.labels(listener, reason).inc()
+        self._tls_count("handshake", listener, reason)
 
     def tls_reload(self, listener: str, result: str) -> None:
         """A TLS listener's certificates reloaded: result "ok" | "rejected" (old ones kept)."""
-        self.tls_reloads.labels(listener, result).inc()
+        self._tls_count("reload", listener, result)
+
+    def _tls_count(self, kind: str, listener: str, why: str) -> None:
+        self._tls_counter(kind).labels(listener, why).inc()
+        key = (kind, listener, why)
+        self._tls_counts[key] = self._tls_counts.get(key, 0) + 1
+
+    def _tls_counter(self, kind: str) -> Counter:
+        return self.tls_handshake_errors if kind == "handshake" else self.tls_reloads
 
     def set_upstream_health(self, health: Iterable[tuple[str, str, bool]]) -> None:
         """Replace the health gauge with (version, endpoint, healthy) triples."""

@@ -370,6 +370,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def _admin_get(port: int, path: str) -> str:
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    return (await raw_exchange(port, head, timeout=3)).partition(b"\r\n\r\n")[2].decode()
+
+
 async def test_workers_terminate_tls(upstream: Upstream, certs: Certs, tmp_path: Path) -> None:
     web, secure, admin = _free_port(), _free_port(), _free_port()
     text = tls_yaml(upstream, certs.dir).replace('"127.0.0.1:0"', f'"127.0.0.1:{web}"', 1)
@@ -394,6 +399,16 @@ async def test_workers_terminate_tls(upstream: Upstream, certs: Certs, tmp_path:
             status, _, _, cert = await fetch(secure, ctx, "api.test")
             assert status == 200 and sans(cert) == ["api.test"]
         assert upstream.requests[-1]["headers"]["X-Forwarded-Proto"] == "https"
+        for _ in range(6):  # failed handshakes, wherever the kernel puts them
+            await raw_exchange(secure, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", timeout=3)
+        metric = 'canaryproxy_tls_handshake_errors_total{listener="websecure",reason="http_request"}'
+
+        async def summed() -> bool:  # the supervisor's /metrics adds up every worker's count
+            body = await _admin_get(admin, "/metrics")
+            lines = [x for x in body.splitlines() if x.startswith(metric)]
+            return bool(lines) and float(lines[0].split()[-1]) == 6
+
+        await eventually(summed, 5)
     finally:
         if proc.returncode is None:
             proc.terminate()

@@ -26,6 +26,7 @@ from proxy.canary.types import (
     ACTIVE,
     Abort,
     Alert,
+    CloseTunnels,
     Command,
     Event,
     Needs,
@@ -125,7 +126,8 @@ def _start(cfg: Settings, s: State, ev: Any, name: str) -> Out:
 def _rollback(cfg: Settings, s: State, now: float, name: str, why: str) -> Out:
     ns = replace(s, phase=Phase.FAILED, paused_from=None, message=why)
     st, cmds = _enter(cfg, ns, name, now, Alert("rolled-back", f"{name}: rolled back: {why}"))
-    return st, [*cmds, RunWebhooks("post-rollout")]
+    closing = [CloseTunnels()] if cfg.close_tunnels_on_rollback else []
+    return st, [*cmds, *closing, RunWebhooks("post-rollout")]
 
 
 def _abort(cfg: Settings, s: State, ev: Any, name: str) -> Out:

@@ -45,6 +45,7 @@ class CanaryHost(Protocol):
         match: tuple[str, tuple[MatchRule, ...]] | None,
         cause: str,
     ) -> None: ...
+    def close_tunnels(self, route: str, version: str) -> None: ...
     def save_canary_state(self, name: str, state: dict[str, Any]) -> None: ...
     def load_canary_state(self, name: str) -> dict[str, Any] | None: ...
 
@@ -204,6 +205,9 @@ class CanaryRunner:
                 self.host.save_canary_state(self.canary.name, self._record())
             elif isinstance(cmd, m.ScheduleTick):
                 self._schedule(cmd.seconds)
+            elif isinstance(cmd, m.CloseTunnels):
+                if not self.canary.analysis.dry_run:
+                    self.host.close_tunnels(self.canary.route, self.canary.canary)
             elif isinstance(cmd, m.Alert):
                 self.notifier.alert(self.canary.analysis.alerts, cmd.text)
             elif isinstance(cmd, m.RunWebhooks):

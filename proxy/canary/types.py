@@ -101,6 +101,7 @@ class Settings:
     interval: float = 60.0
     progress_deadline: float = 600.0
     gates: frozenset[str] = frozenset()  # webhook types configured (confirm-*)
+    close_tunnels_on_rollback: bool = False
 
     @staticmethod
     def of(canary: Canary) -> Settings:
@@ -111,6 +112,7 @@ class Settings:
             interval=a.interval,
             progress_deadline=a.progress_deadline,
             gates=frozenset(h.type for h in a.webhooks),
+            close_tunnels_on_rollback=a.close_tunnels_on_rollback,
         )
 
 
@@ -189,7 +191,12 @@ class Persist:
     pass
 
 
-Command = SetRoute | RunWebhooks | Alert | ScheduleTick | Persist
+@dataclass(frozen=True)
+class CloseTunnels:
+    """Close the open tunnels (WebSocket) of the canary version, after a rollback."""
+
+
+Command = SetRoute | RunWebhooks | Alert | ScheduleTick | Persist | CloseTunnels
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,9 @@ class Analysis:
     judge: Judge = "threshold"
     confidence: float = 98.0
     dry_run: bool = False
+    # a rollback also closes the canary version's open tunnels (WebSocket): a long-lived
+    # tunnel would otherwise keep its users on the failed version
+    close_tunnels_on_rollback: bool = False
     metrics: tuple[MetricCheck, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
     alerts: tuple[Alert, ...] = ()

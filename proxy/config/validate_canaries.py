@@ -141,6 +141,7 @@ _ANALYSIS: dict[str, Reader] = {
     "judge": one_of("threshold", "compare"),
     "confidence": between(50, 99.999),
     "dry_run": boolean,
+    "close_tunnels_on_rollback": boolean,
     "metrics": list_of(metric_check),
     "webhooks": list_of(webhook),
     "alerts": list_of(alert),

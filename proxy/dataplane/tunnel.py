@@ -161,6 +161,15 @@ class Tunnel:
             metrics.tunnel_closed(self.route, self.version)
 
 
+def close_version(server: Any, route: str, version: str) -> int:
+    """Close every open tunnel of `version` on `route` (a rollback's
+    `close_tunnels_on_rollback`): the clients reconnect, and are routed afresh."""
+    doomed = [t for t in server.tunnels if t.route == route and t.version == version]
+    for tunnel in doomed:
+        tunnel.close()
+    return len(doomed)
+
+
 def switch(
     ex: Any, up: asyncio.Transport, headers: list, connection: list[bytes], early_up: bytes
 ) -> None:

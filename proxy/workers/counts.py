@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import sub
+from typing import TypeVar
+
+K = TypeVar("K")  # a counter's key
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Counts:
     buckets: int  # latency buckets per series in the worker: `at` indexes these
     tunnels: dict[tuple[str, str], int] = field(default_factory=dict)  # opened, cumulative
     tunnels_open: dict[tuple[str, str], int] = field(default_factory=dict)  # open now
+    # ("handshake", listener, reason) / ("reload", listener, result) -> n, cumulative
+    tls: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 EMPTY_COUNTS = Counts({}, {}, {}, 0)
@@ -92,9 +97,7 @@ class MergeState:
     last: dict[int, Counts] = field(default_factory=dict)
 
 
-def new_counts(
-    now: dict[tuple[str, str], int], old: dict[tuple[str, str], int]
-) -> Iterator[tuple[tuple[str, str], int]]:
+def new_counts(now: dict[K, int], old: dict[K, int]) -> Iterator[tuple[K, int]]:
     """(key, increase) of each counter that grew since `old`."""
     for key, n in now.items():
         d = n - old.get(key, 0)

@@ -34,6 +34,7 @@ from proxy.tasks import run_sliced, spawn
 from proxy.workers.goals import GoalRelay
 from proxy.workers.wire import (
     REPORT_EVERY,
+    CloseTunnels,
     Ready,
     Report,
     State,
@@ -139,6 +140,10 @@ class Worker:
             while (msg := await read_frame(reader)) is not None:
                 if isinstance(msg, State):
                     await self.apply(msg)
+                elif isinstance(msg, CloseTunnels) and self.server is not None:
+                    from proxy.dataplane.tunnel import close_version
+
+                    close_version(self.server, msg.route, msg.version)
         except Exception:
             # never keep serving on a routing state the supervisor no longer has
             log.exception("worker %d: cannot apply the routing state; exiting", os.getpid())

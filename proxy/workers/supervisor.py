@@ -25,7 +25,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.routing.table import Overrides
 from proxy.tasks import spawn
 from proxy.workers.goals import GoalEvent
-from proxy.workers.wire import Ready, Report, State, frame, read_frame
+from proxy.workers.wire import CloseTunnels, Ready, Report, State, frame, read_frame
 
 log = logging.getLogger("canaryproxy")
 
@@ -208,6 +208,16 @@ class WorkerSet:
         state = State(self._config_id, packed, overrides, health, host, port, self.listeners)
         slot.writer.write(frame(state))
         slot.config_sent = self._config_id
+
+    def close_tunnels(self, route: str, version: str) -> None:
+        """Every worker closes `version`'s tunnels on `route`, after the State that routes
+        its clients elsewhere (publish sends on the next loop turn: so does this)."""
+        asyncio.get_running_loop().call_soon(self._send_close, frame(CloseTunnels(route, version)))
+
+    def _send_close(self, message: bytes) -> None:
+        for slot in self.slots:
+            if slot.writer is not None and not slot.writer.is_closing():
+                slot.writer.write(message)
 
     # -- stop ----------------------------------------------------------------------------
 

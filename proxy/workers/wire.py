@@ -4,7 +4,8 @@ One socketpair per worker carries length-prefixed pickles both ways. Both ends a
 processes of this program started by the supervisor, so pickle is trusted here and
 lets the validated Config travel as it is (no second parse, no second opinion).
 
-supervisor -> worker: `State` whenever routing, config or active health changes.
+supervisor -> worker: `State` whenever routing, config or active health changes;
+`CloseTunnels` when a rollback closes a version's tunnels.
 worker -> supervisor: `Ready` once listening, then `Report` every REPORT_EVERY seconds
 and once more after draining.
 """
@@ -43,6 +44,14 @@ class State:
 
     def all_listeners(self) -> tuple[tuple[str, str, int], ...]:
         return self.listeners or (("default", self.host, self.port),)
+
+
+@dataclass(frozen=True)
+class CloseTunnels:
+    """Close the open tunnels of (route, version) now (a rollback that asks for it)."""
+
+    route: str
+    version: str
 
 
 @dataclass(frozen=True)
