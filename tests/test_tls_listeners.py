@@ -401,7 +401,9 @@ async def test_workers_terminate_tls(upstream: Upstream, certs: Certs, tmp_path:
         assert upstream.requests[-1]["headers"]["X-Forwarded-Proto"] == "https"
         for _ in range(6):  # failed handshakes, wherever the kernel puts them
             await raw_exchange(secure, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", timeout=3)
-        metric = 'canaryproxy_tls_handshake_errors_total{listener="websecure",reason="http_request"}'
+        metric = (
+            'canaryproxy_tls_handshake_errors_total{listener="websecure",reason="http_request"}'
+        )
 
         async def summed() -> bool:  # the supervisor's /metrics adds up every worker's count
             body = await _admin_get(admin, "/metrics")
