@@ -115,6 +115,16 @@ def nginx_proxy(d: Path, port: int, up: tuple[int, int], s: Scenario) -> Path:
     maps, pool = _nginx_maps(s)
     log = f"access_log {d}/nginx-access.log;" if s.access_log else "access_log off;"
     ka = "keepalive 256; keepalive_requests 10000000; keepalive_timeout 60s;"
+    # An upgrade needs the client's Upgrade passed on and `Connection: upgrade` (nginx's
+    # documented WebSocket setup); every other scenario clears Connection for keep-alive.
+    # A tunnel relays through one proxy_buffer_size buffer per direction: the default (one
+    # 4 KiB page) makes nginx ~8x slower with 64 KiB messages, so it gets one message's worth.
+    conn = 'Connection "";'
+    if s.websocket:
+        conn = (
+            'Upgrade $http_upgrade;\n      proxy_set_header Connection "upgrade";\n'
+            "      proxy_buffer_size 64k;"
+        )
     ssl = ""
     if s.tls:
         cert, key, _ = tls_files(d)
@@ -144,7 +154,7 @@ def nginx_proxy(d: Path, port: int, up: tuple[int, int], s: Scenario) -> Path:
     location / {{
       proxy_pass http://{pool};
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header {conn}
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Request-Id $request_id;

@@ -49,6 +49,16 @@ def start_upstreams(d: Path) -> tuple[Proc, tuple[int, int]]:
     return proc, ports
 
 
+def start_ws_upstreams(d: Path) -> tuple[Proc, tuple[int, int]]:
+    """The WebSocket echo upstream on two ports, v1 and v2 (one process, CPU 1)."""
+    ports = (procs.free_port(), procs.free_port())
+    cmd = [sys.executable, "-m", "benchmarks.ws_upstream", "--ports", f"{ports[0]},{ports[1]}"]
+    proc = procs.start(cmd, LOAD_CPU, d / "ws-upstream.out", cwd=REPO)
+    for p in ports:
+        procs.wait_port(p, proc)
+    return proc, ports
+
+
 def start_nginx(d: Path, up: tuple[int, int], s: Scenario) -> Running:
     port = procs.free_port()
     conf = configs.nginx_proxy(d, port, up, s)

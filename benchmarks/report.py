@@ -87,6 +87,66 @@ def ratios(rows: list[Row]) -> list[Row]:
     return [ratio_row(rows, p, s) for s, p in seen]
 
 
+def ws_ratios(rows: list[Row]) -> list[Row]:
+    """WebSocket cells (those with bytes/s) per proxy and connection count, against nginx's
+    cell of the same scenario and count; "direct" is the tools alone, no proxy between."""
+    out = []
+    for r in rows:
+        ref = _find(rows, "nginx", r["scenario"])
+        for c in r["cells"]:
+            if "bytes_per_s" not in c:
+                continue
+            conns = c["conns"]
+            out.append(
+                {
+                    "scenario": r["scenario"],
+                    "proxy": r["proxy"],
+                    "conns": conns,
+                    "msgs_per_s": c["rps"],
+                    "mb_per_s": c["bytes_per_s"] / 1e6,
+                    "bytes_x": _div(c["bytes_per_s"], _get(ref, conns, "bytes_per_s")),
+                    "cpu_s_per_10k": None if r["proxy"] == "direct" else c["cpu_s_per_10k"],
+                    "cpu_x": None
+                    if r["proxy"] == "direct"
+                    else _div(c["cpu_s_per_10k"], _get(ref, conns, "cpu_s_per_10k")),
+                    "p50_ms": c["p50_ms"],
+                    "p99_ms": c["p99_ms"],
+                }
+            )
+    return out
+
+
+def ws_table(result: Row) -> list[str]:
+    header = [
+        "scenario",
+        "proxy",
+        "tunnels",
+        "messages/s",
+        "MB/s echoed",
+        "bytes/s ×nginx",
+        "CPU s/10k msgs",
+        "CPU/msg ×nginx",
+        "round trip p50 ms",
+        "p99 ms",
+    ]
+    lines = [
+        [
+            r["scenario"],
+            r["proxy"],
+            str(r["conns"]),
+            _fmt(r["msgs_per_s"], 0),
+            _fmt(r["mb_per_s"], 1),
+            _fmt(r["bytes_x"]),
+            _fmt(r["cpu_s_per_10k"], 3),
+            _fmt(r["cpu_x"]),
+            _fmt(r["p50_ms"], 3),
+            _fmt(r["p99_ms"], 3),
+        ]
+        for r in result.get("websocket", [])
+    ]
+    return _table(header, lines)
+
+
 def _fmt(v: object, digits: int = 2) -> str:
     if v is None:
         return "–"
@@ -172,11 +232,23 @@ def markdown(result: Row) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}; "
         + "; ".join(m["versions"].values()),
         f"Plan: {plan['seconds']:g} s per cell, {plan['runs']} run(s), medians; "
-        "proxy pinned to CPU 0, wrk and the nginx upstream pair on CPU 1; 95/5 split.",
+        "proxy pinned to CPU 0, the load tool (wrk, or ws_load) and the upstream pair on CPU 1; "
+        "95/5 split.",
         "",
         "## Ratios against nginx (1 worker), same run",
         "",
     ]
     notes = ["", "Notes:", *[f"- {n}" for n in result["notes"]]] if result["notes"] else []
+    if result.get("websocket"):
+        notes += [
+            "",
+            "## WebSocket, same run",
+            "",
+            "Messages are echoed (the proxy carries each payload both ways; MB/s counts it "
+            "once); `direct` is ws_load straight to the echo upstream, the tools' own ceiling. "
+            "In the tables above and below, rps and CPU per 10k requests count messages.",
+            "",
+            *ws_table(result),
+        ]
     body = ["", "## Every cell", ""]
     return "\n".join(head + ratio_table(result) + notes + body + detail_table(result)) + "\n"

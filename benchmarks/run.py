@@ -4,6 +4,8 @@ For each scenario every proxy is started with the scenario's config, pinned to C
 measured at 1, 64 and 256 connections, runs interleaved between the proxies: rps,
 p50/p99/p99.9, proxy CPU seconds per 10,000 requests (utime+stime of its process tree), peak
 RSS (VmHWM). wrk straight to the upstream at 1 connection is the baseline for added latency.
+WebSocket scenarios drive `ws_load` against the `ws_upstream` echo pair instead of wrk against
+nginx; their "direct" runs at every connection count, to show what the tools alone reach.
 Medians over the runs; ratios against nginx from the same run. Installs nothing; a missing
 program is skipped with a note.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import procs, proxies, report, scenarios, wrk
+from benchmarks import procs, proxies, report, scenarios, wrk, ws_load
 from benchmarks.scenarios import Scenario
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -59,21 +61,33 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in rows))
 
 
+def load(url: str, conns: int, secs: float, script: Path, s: Scenario) -> dict[str, Any]:
+    """One run of the scenario's load tool (wrk, or ws_load for WebSocket) as a result row
+    whose `requests` counts requests or messages alike."""
+    if s.websocket:
+        port = int(url.rsplit(":", 1)[1])
+        row = ws_load.run(port, conns, secs, s.ws_size, scenarios.WS_INFLIGHT).to_dict()
+        row["requests"] = row["messages"]
+        return row
+    return wrk.run(url + s.path, conns, secs, script, s.headers).to_dict()
+
+
 def measure(
     url: str, pid: int | None, conns: int, secs: float, script: Path, s: Scenario
 ) -> dict[str, Any]:
-    """One wrk run; CPU of the proxy tree (`pid`) over exactly that run."""
+    """One load run; CPU of the proxy tree (`pid`) over exactly that run."""
     cpu0 = procs.cpu_seconds(pid) if pid else 0.0
-    res = wrk.run(url + s.path, conns, secs, script, s.headers)
+    row = load(url, conns, secs, script, s)
     cpu = procs.cpu_seconds(pid) - cpu0 if pid else 0.0
-    row = res.to_dict()
-    row["cpu_s_per_10k"] = cpu / res.requests * 10_000 if res.requests else 0.0
+    done = row["requests"]
+    row["cpu_s_per_10k"] = cpu / done * 10_000 if done else 0.0
     return row
 
 
 def summarize(conns: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the runs of one cell; error counts summed."""
-    keys = ("rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_s_per_10k")
+    keys: tuple[str, ...] = ("rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_s_per_10k")
+    keys += ("bytes_per_s",) if "bytes_per_s" in runs[0] else ()
     out: dict[str, Any] = {k: _median(runs, k) for k in keys}
     out["conns"] = conns
     out["non_2xx"] = sum(r["non_2xx"] for r in runs)
@@ -125,6 +139,20 @@ def start_targets(
 def bench_scenario(
     s: Scenario, d: Path, up: tuple[int, int], plan: Plan, notes: list[str]
 ) -> list[dict[str, Any]]:
+    """One scenario against its upstream pair: the nginx one, or for WebSocket an echo pair
+    started for the scenario alone (so it costs nothing while the others run)."""
+    if not s.websocket:
+        return bench_targets(s, d, up, plan, notes)
+    ws_proc, ws_up = proxies.start_ws_upstreams(d)
+    try:
+        return bench_targets(s, d, ws_up, plan, notes)
+    finally:
+        procs.stop(ws_proc)
+
+
+def bench_targets(
+    s: Scenario, d: Path, up: tuple[int, int], plan: Plan, notes: list[str]
+) -> list[dict[str, Any]]:
     """All proxies of one scenario, runs interleaved (proxy order rotating each run), so a
     burst of noise from elsewhere on the machine spreads over every proxy, not one."""
     script = d / f"{s.name}.lua"
@@ -132,12 +160,12 @@ def bench_scenario(
     targets = start_targets(s, d, up, plan, notes)
     try:
         for t in targets[1:] if plan.warmup else ():
-            wrk.run(t.url + s.path, 64, plan.warmup, script, s.headers)  # fill upstream pools
+            load(t.url, 64, plan.warmup, script, s)  # fill upstream pools, warm caches
         live = list(targets)
         for conns in plan.connections:
             for i in range(plan.runs):
                 for t in live[i % len(live) :] + live[: i % len(live)]:
-                    if t.name == "direct" and conns != 1:
+                    if t.name == "direct" and conns != 1 and not s.websocket:
                         continue
                     try:
                         t.measure(conns, plan, script, s)
@@ -200,6 +228,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         "rows": rows,
     }
     result["ratios"] = report.ratios(rows)
+    result["websocket"] = report.ws_ratios(rows)
     return result
 
 

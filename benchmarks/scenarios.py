@@ -1,4 +1,4 @@
-"""The benchmark scenarios: what wrk sends, and which proxy feature each one turns on.
+"""The benchmark scenarios: what wrk (or `ws_load`) sends, and which proxy feature each turns on.
 
 Every proxy gets the same split (95/5 between two upstreams, `v1` and `v2`) and the same
 feature for a scenario; `configs.py` spells that feature in each proxy's own language.
@@ -12,6 +12,7 @@ ROUTES = 50  # header-match routes in the `header-routes` scenario
 TENANT_HEADER = "x-tenant"
 USER_HEADER = "user-id"
 STICKY_COOKIE = "version"
+WS_INFLIGHT = 4  # WebSocket messages outstanding per connection (pipelined, not lock-step)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class Scenario:
     access_log: bool = False
     ours_only: bool = False
     tls: bool = False  # clients speak TLS to the proxy (same certificate for every proxy)
+    ws_size: int = 0  # WebSocket echo with this payload per message (ws_load, not wrk)
+
+    @property
+    def websocket(self) -> bool:
+        return self.ws_size > 0
 
     @property
     def scheme(self) -> str:
@@ -95,6 +101,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         "GET / over TLS, new connection per request (wrk resumes the session)",
         headers=("Connection: close",),
         tls=True,
+    ),
+    Scenario(
+        "websocket",
+        f"WebSocket echo through upgraded tunnels, 64 KiB messages, {WS_INFLIGHT} in flight",
+        path="/ws",
+        ws_size=64 * 1024,
+    ),
+    Scenario(
+        "websocket-64b",
+        f"WebSocket echo through upgraded tunnels, 64 B messages, {WS_INFLIGHT} in flight",
+        path="/ws",
+        ws_size=64,
     ),
 )
 

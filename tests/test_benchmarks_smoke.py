@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import configs, proxies, report, scenarios, wrk
+from benchmarks import configs, proxies, report, scenarios, wrk, ws_load, ws_upstream
 from proxy.config.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +56,49 @@ def test_quick_run_reports_a_row_per_proxy_and_scenario(tmp_path: Path) -> None:
             ratio = next(r for r in result["ratios"] if r["proxy"] == p and r["scenario"] == s)
             assert ratio["rps_64_x"] is not None and ratio["rps_64_x"] > 0
     assert md.index("Ratios against nginx") < md.index("Every cell")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and NGINX),
+    reason="the benchmark needs wrk and nginx (apt-get install wrk nginx)",
+)
+def test_websocket_scenario_reports_bytes_per_proxy_and_tunnel_count(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    args = ["--scenarios", "websocket", "--connections", "1,4", "--runs", "1", "--duration", "1"]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    cells = {(r["proxy"], r["conns"]): r for r in result["websocket"]}
+    for p in ["direct", *_expected_proxies()]:
+        for conns in (1, 4):
+            assert cells[(p, conns)]["mb_per_s"] > 0, f"{p}@{conns}: notes {result['notes']}"
+    for row in result["rows"]:
+        for c in row["cells"]:
+            assert c["socket_errors"] == 0, (row["proxy"], c)
+    assert "## WebSocket, same run" in (out / "results.md").read_text()
+
+
+def test_websocket_accept_key_is_the_rfc_6455_example() -> None:
+    assert ws_load.accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize("size", [64, 125, 126, 65535, 65536])
+def test_websocket_frames_are_read_back_at_their_length(size: int) -> None:
+    frame = ws_load.client_frame(size)
+    assert ws_upstream.client_frame_len(frame[:14]) == len(frame)
+    assert ws_upstream.client_frame_len(frame[:1]) is None
+    assert ws_upstream.payload_size(frame) == size
+    assert frame[1] & 0x80  # clients mask
+    answer = ws_upstream.answer_for(size)
+    assert answer[:1] == b"\x82" and not answer[1] & 0x80
+    assert len(answer) - size == len(ws_load.frame_header(size, False))
 
 
 def test_unknown_scenario_is_rejected_before_anything_starts(tmp_path: Path) -> None:
