@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from proxy.store import Conflict, StoreDown
+
 audit = logging.getLogger("canaryproxy.audit")
 MAX_BODY = 1024 * 1024
 # "/" is the static dashboard page: it holds no state, asks the user for the token and
@@ -59,11 +61,11 @@ class Controller(Protocol):
     def status(self) -> dict: ...
     def series(self) -> dict: ...  # the shape is documented at ProxyMetrics.series
     async def reload_async(self) -> dict: ...
-    def set_weights(self, route: str, weights: dict[str, float]) -> dict: ...
-    def switch(self, route: str, subset: str) -> dict: ...
+    async def set_weights(self, route: str, weights: dict[str, float]) -> dict: ...
+    async def switch(self, route: str, subset: str) -> dict: ...
     async def canary_action(self, name: str, verb: str) -> dict: ...
     def history(self) -> list[dict]: ...
-    def undo(self, to_revision: int | None) -> dict: ...
+    async def undo(self, to_revision: int | None) -> dict: ...
     def explain(self, req: dict) -> dict: ...
 
 
@@ -198,6 +200,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return _error(400, str(exc))
     except NotFound as exc:
         return _error(404, str(exc.args[0]) if exc.args else "not found")
+    except Conflict as exc:
+        return _error(409, str(exc))
+    except StoreDown as exc:
+        return _error(503, str(exc), {"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -359,11 +365,12 @@ class AdminAPI:
     async def weights(self, request: web.Request) -> web.Response:
         route = _param(request, "route")
         weights = parse_weights(await read_json(request))
-        return web.json_response(self.ctl.set_weights(route, weights))
+        return web.json_response(await self.ctl.set_weights(route, weights))
 
     async def switch(self, request: web.Request) -> web.Response:
         route = _param(request, "route")
-        return web.json_response(self.ctl.switch(route, parse_switch(await read_json(request))))
+        subset = parse_switch(await read_json(request))
+        return web.json_response(await self.ctl.switch(route, subset))
 
     async def canary(self, request: web.Request) -> web.Response:
         name, verb = _param(request, "name"), _param(request, "verb")
@@ -376,7 +383,7 @@ class AdminAPI:
         return web.json_response({"revisions": self.ctl.history()})
 
     async def undo(self, request: web.Request) -> web.Response:
-        return web.json_response(self.ctl.undo(parse_undo(await read_json(request))))
+        return web.json_response(await self.ctl.undo(parse_undo(await read_json(request))))
 
     async def explain(self, request: web.Request) -> web.Response:
         body = await read_json(request)

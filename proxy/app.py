@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -64,8 +65,12 @@ class App:
         watch_interval: float = 1.0,
         workers: int = 1,
         log_level: str = "info",
+        store: str = "",
+        replica: str = "",
+        election_ttl: float = 5.0,
     ) -> None:
-        """`watch_interval` 0 turns the file watcher off (SIGHUP and the API still reload)."""
+        """`watch_interval` 0 turns the file watcher off (SIGHUP and the API still reload).
+        `store` (etcd://...) runs this App as one replica of a fleet (proxy.fleet)."""
         self.config_path = config_path
         self.worker_count = workers
         self.log_level = log_level
@@ -84,6 +89,8 @@ class App:
         self._runner: web.AppRunner | None = None
         self._access_log: Any = None
         self.health = HealthChecker(self._on_health)
+        self.store_url, self.replica, self.election_ttl = store, replica, election_ttl
+        self.fleet: Any = None  # proxy.fleet.Fleet in fleet mode
 
     # -- what the control holds, for readers -----------------------------------------
 
@@ -122,14 +129,17 @@ class App:
         config, errors = self.reloader.first()
         if errors or config is None:
             raise StartupError("\n".join(errors))
+        if self.store_url:
+            config = await self._open_fleet(config)
         self.metrics = ProxyMetrics(self.registry, config.metrics.compat)
         self.pools = Pools(config)
         control = self.control = Control(self, self._publish)
         check_admin(config, control.token_for(config))
         self.reloader.counted, self.reloader.head = self.metrics.reload, self.store.head
+        control.fleet = self.fleet
         control.commit(config)
         control.say_overrides()
-        if control.differs_from_head():
+        if self.fleet is None and control.differs_from_head():
             control.record("reload")
         if self.worker_count > 1:
             await self._start_workers()
@@ -140,7 +150,9 @@ class App:
             self.reloader.watch(self.watch_interval)
         self.spawn(self._tick_loop(), "metrics tick")
         settle_heap()
-        if CanaryManager is not None:
+        if self.fleet is not None:
+            self._start_fleet(config)
+        elif CanaryManager is not None:
             self.canaries = CanaryManager(control)
             control.on_config.append(self._sync_canaries)
             await self.canaries.sync(config)
@@ -235,6 +247,8 @@ class App:
 
     async def stop(self) -> None:
         await self.reloader.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -278,6 +292,39 @@ class App:
     def _commit(self, config: Config, prepared: Any) -> int:
         assert self.control is not None
         return self.control.reloaded(config, prepared)
+
+    # -- fleet mode ------------------------------------------------------------------------
+
+    async def _open_fleet(self, file_config: Config) -> Config:
+        """Fleet mode: the store's config (or the file's, published) is the one to start."""
+        from proxy.fleet import Fleet, default_replica
+        from proxy.store.keys import parse_store_url
+
+        try:
+            url = parse_store_url(self.store_url)
+        except ValueError as exc:
+            raise StartupError(str(exc), code=2) from None
+        _, port = split_listen(file_config.admin.listen)
+        name = self.replica or default_replica(int(port) or os.getpid())
+        self.fleet = Fleet(self, url, name, self.election_ttl)
+        with open(self.config_path) as f:
+            text = f.read()
+        config = await self.fleet.open(text, file_config)
+        self.store.close()
+        self.store = self.fleet.store
+        self.reloader.publish = self.fleet.publish_config
+        return config
+
+    def _start_fleet(self, config: Config) -> None:
+        from proxy.fleet_host import FleetCanaries
+
+        assert self.control is not None
+        host, _ = split_listen(config.admin.listen)
+        self.fleet.start(f"{host}:{self.admin_port}")
+        self.canaries = FleetCanaries(self.fleet)
+        self.control.on_config.append(self._sync_canaries)
+        if hasattr(self._server, "goals"):
+            self._server.goals = self.canaries.goals
 
     def _sync_canaries(self, config: Config) -> None:
         if self.canaries is not None:

@@ -108,7 +108,26 @@ def _serve_verbs(verbs: _Verbs) -> None:
     s.add_argument(
         "--state-dir",
         default="./.canaryproxy",
-        help="where revisions, weights and canary state persist",
+        help="where revisions, weights and canary state persist (one machine)",
+    )
+    s.add_argument(
+        "--store",
+        default=os.environ.get("CANARYPROXY_STORE", ""),
+        metavar="etcd://HOST:PORT[,HOST:PORT...]/CLUSTER",
+        help="fleet mode: share config, weights, revisions and canary state with every "
+        "replica through etcd v3 (default $CANARYPROXY_STORE; see README, Fleet mode)",
+    )
+    s.add_argument(
+        "--replica",
+        default="",
+        help="this replica's name in the fleet (default: HOSTNAME-ADMINPORT)",
+    )
+    s.add_argument(
+        "--election-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="fleet mode: the controller leader's lease; a dead leader is replaced within it",
     )
     s.add_argument(
         "--log-level", type=_log_level, default="info", help="one of " + ", ".join(LOG_LEVELS)

@@ -94,6 +94,7 @@ class Control:
         self.table: RoutingTable | None = None
         self.cache = BuildCache()  # compiled routes of the running table, reused by builds
         self.on_config: list[Callable[[Config], None]] = []  # after each reload's commit
+        self.fleet: Any = None  # proxy.fleet.Fleet in fleet mode (--store)
 
     # -- the swap --------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Control:
             raise NotFound(f"unknown route {route!r}; routes: {names}")
         return [d.subset for d in r.destinations]
 
-    def set_weights(self, route: str, weights: dict[str, float]) -> dict:
+    async def set_weights(self, route: str, weights: dict[str, float]) -> dict:
         """Weights in percent (SPEC §1): names left out share what is left."""
         assert self.table is not None
         known = self._route_subsets(route)
@@ -224,30 +225,32 @@ class Control:
             full = weights_from_percent({s: current.get(s, 0.0) for s in known}, weights)
         except ValueError as exc:
             raise BadInput(f"route {route!r}: {exc}") from None
-        return self._set_route(route, full, "weights", keep_match=True)
+        return await self._set_route(route, full, "weights", keep_match=True)
 
-    def switch(self, route: str, subset: str) -> dict:
+    async def switch(self, route: str, subset: str) -> dict:
         known = self._route_subsets(route)
         if subset not in known:
             raise BadInput(f"route {route!r} has no subset {subset!r}; known: {known}")
         full = {s: 100.0 if s == subset else 0.0 for s in known}
-        return self._set_route(route, full, "switch", keep_match=False)
+        return await self._set_route(route, full, "switch", keep_match=False)
 
-    def _set_route(
+    async def _set_route(
         self, route: str, weights: dict[str, float], cause: str, keep_match: bool
     ) -> dict:
         assert self.config is not None
-        match = dict(self.routing.canary_match)
-        if not keep_match:
-            match.pop(route, None)
-        new = RoutingState(
-            {**self.routing.weights, route: weights}, match, file_weights(self.config)
-        )
-        rev = self.apply(new, cause)
+        config = self.config
+
+        def build(routing: RoutingState) -> RoutingState:
+            match = dict(routing.canary_match)
+            if not keep_match:
+                match.pop(route, None)
+            return RoutingState({**routing.weights, route: weights}, match, file_weights(config))
+
+        rev = await self._change(build, cause)
         log.info("%s: route %s weights %s (revision %d)", cause, route, weights, rev["revision"])
         return {"revision": rev["revision"], "route": route, "weights": rev["weights"][route]}
 
-    def undo(self, to_revision: int | None) -> dict:
+    async def undo(self, to_revision: int | None) -> dict:
         assert self.config is not None
         target = to_revision if to_revision is not None else self.store.head() - 1
         rev = self.store.get(target)
@@ -262,8 +265,45 @@ class Control:
                     raise BadInput(f"revision {target} routes {route!r} to a subset now gone")
                 weights[route] = {s: float(w.get(s, 0.0)) for s in known}
         match = match_from_json(rev["canary_match"])
-        new = self.apply(RoutingState(weights, match, files), "undo")
+        new = await self._change(lambda _: RoutingState(weights, match, files), "undo")
         return {"revision": new["revision"], "restored": target, "weights": new["weights"]}
+
+    async def _change(self, build: Callable[[RoutingState], RoutingState], cause: str) -> dict:
+        """A change of routing state: here (one machine), or one store transaction that
+        every replica applies (fleet mode: proxy.fleet)."""
+        if self.fleet is None:
+            return self.apply(build(self.routing), cause)
+        return dict(await self.fleet.change(build, cause))
+
+    def check(self, routing: RoutingState) -> RoutingTable:
+        """The table `routing` would give (BadInput when it cannot be built); nothing swaps."""
+        assert self.config is not None
+        try:
+            overrides = Overrides(routing.weights, routing.canary_match)
+            return build_table(self.config, overrides, self.cache)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+
+    def from_store(self, config: Config | None, routing: RoutingState) -> None:
+        """Fleet mode: the store's routing state (and config) as one replica applies it,
+        in one swap; the store holds the revision log. Raises ValueError (nothing swaps)."""
+        changed = config is not None and config is not self.config
+        config = config or self.config
+        assert config is not None
+        routing = reconcile(routing, config)
+        table = build_table(config, Overrides(routing.weights, routing.canary_match), self.cache)
+        shown = self.table.weights() if self.table is not None else {}
+        if changed:
+            if self.config is not None:
+                warn_restart_only(self.config, config)
+            self.config = config
+        self._swap(routing, table)
+        if changed:
+            self.pools.update(config)
+            self.parts.health.update(config, self._initially_healthy)
+            for listener in self.on_config:
+                listener(config)
+        self.metrics.update_route_weights(shown, table.weights())
 
     async def canary_action(self, name: str, verb: str) -> dict:
         assert self.config is not None
@@ -359,7 +399,7 @@ class Control:
     def status(self) -> dict:
         assert self.config is not None and self.table is not None
         parts = self.parts
-        return views.status(
+        out = views.status(
             self.config,
             self.table.weights(),
             self.routing,
@@ -371,3 +411,6 @@ class Control:
             canaries=parts.canaries.status() if parts.canaries is not None else [],
             workers=parts.workers.status() if parts.workers is not None else None,
         )
+        if self.fleet is not None:
+            out["cluster"] = self.fleet.status()
+        return out

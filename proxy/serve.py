@@ -31,13 +31,19 @@ def run_serve(args: Namespace) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(args.config, args.state_dir, workers, str(args.log_level)))
+        return runner.run(_serve(args, workers))
 
 
-async def _serve(
-    config_path: str, state_dir: str, workers: int = 1, log_level: str = "info"
-) -> int:
-    app = App(config_path, state_dir, workers=workers, log_level=log_level)
+async def _serve(args: Namespace, workers: int = 1) -> int:
+    app = App(
+        args.config,
+        args.state_dir,
+        workers=workers,
+        log_level=str(args.log_level),
+        store=getattr(args, "store", "") or "",
+        replica=getattr(args, "replica", "") or "",
+        election_ttl=float(getattr(args, "election_ttl", 5.0)),
+    )
     try:
         await app.start()
     except StartupError as exc:

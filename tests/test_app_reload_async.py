@@ -59,7 +59,7 @@ async def test_weight_change_during_a_reload_is_kept(tmp_path) -> None:
             reload = asyncio.create_task(app.reload_async())
             await asyncio.sleep(0)  # the reload is now parsing the file off the loop
             assert not reload.done()
-            app.control.set_weights("default", {"v1": 0, "v2": 100})
+            await app.control.set_weights("default", {"v1": 0, "v2": 100})
             assert (await reload)["result"] == "ok"
             assert app.table is not None
             assert app.table.weights()["default"] == {"v1": 0.0, "v2": 100.0}

@@ -374,7 +374,7 @@ async def test_finished_rollout_survives_restart_and_keeps_manual_weights(rig: R
     await rig.stop_app()
     app = await rig.start_app()
     assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 0.0, "v2": 100.0})
-    app.control.set_weights("default", {"v1": 60.0, "v2": 40.0})  # an operator takes over
+    await app.control.set_weights("default", {"v1": 60.0, "v2": 40.0})  # an operator takes over
     await rig.stop_app()
     await rig.start_app()
     assert (rig.canary()["phase"], rig.weights()) == ("Succeeded", {"v1": 60.0, "v2": 40.0})

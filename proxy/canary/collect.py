@@ -41,8 +41,14 @@ class Baseline:
 class Collector:
     """Per-canary window bookkeeping and check evaluation."""
 
-    def __init__(self, snapshot: Callable[[str, str], Any]) -> None:
+    def __init__(
+        self, snapshot: Callable[[str, str], Any], members: Callable[[], Any] | None = None
+    ) -> None:
+        """`members()` (fleet mode) names whose counters `snapshot` adds up: a window in
+        which it changed (a replica joined, left or restarted) is inconclusive."""
         self._snapshot = snapshot
+        self._members = members
+        self._counted_by: Any = None
         self.base = Baseline()
 
     def _now(self, c: Canary) -> tuple[WindowStats, WindowStats]:
@@ -53,6 +59,7 @@ class Collector:
     def rebase(self, c: Canary) -> None:
         """Start a new window now."""
         self.base.stable, self.base.canary = self._now(c)
+        self._counted_by = self._members() if self._members is not None else None
 
     def window(self, c: Canary) -> tuple[WindowStats, WindowStats]:
         """(stable, canary) deltas since the last rebase, then rebase."""
@@ -63,10 +70,16 @@ class Collector:
 
     async def checks(
         self, config: Config, c: Canary, prom: PrometheusProvider | None
-    ) -> tuple[list[CheckResult], float]:
+    ) -> tuple[list[CheckResult], float | None]:
         """Every metric check of the window, and the canary's request count."""
+        counted_by = self._counted_by
         stable, canary = self.window(c)
         a = c.analysis
+        if self._members is not None and a.provider.type != "prometheus":
+            self._counted_by = self._members()
+            if counted_by != self._counted_by:
+                why = "a replica joined, left or restarted in the window: its counts do not add up"
+                return [CheckResult("fleet", None, None, None, Verdict.INCONCLUSIVE, why)], None
         no_data = an.no_data_verdict(a.on_no_data)
         if a.provider.type == "prometheus" and prom is not None:
             return await _prom_checks(config, c, prom, no_data)

@@ -68,10 +68,12 @@ class CanaryRunner:
         self.notifier, self.goals = notifier, goals
         self.settings = Settings.of(canary)
         self.state = State()
-        self.collector = Collector(host.snapshot)
+        self.collector = Collector(host.snapshot, getattr(host, "members", None))
         self.last_checks: list[an.CheckResult] = []
         self._wake = asyncio.Event()
         self._next: float | None = None
+        self._judge_at: float | None = None  # wall-clock time of the next judgement
+        self.loaded = self.state  # as found at start (what a failed first commit returns to)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,16 +86,42 @@ class CanaryRunner:
         self.collector.rebase(self.canary)
         if saved is not None:
             self.state = State.from_dict(saved)
+            self.loaded = self.state
+            self._judge_at = saved.get("judge_at")
             if self.state.phase in m.ACTIVE:  # a finished rollout leaves manual weights alone
                 self._converge("resume")
             if self.state.revision != fp and self.state.revision:
                 self._apply(m.NewRevision(time.time(), fp))
             elif self.state.phase in m.ACTIVE:
-                self._schedule(self.settings.interval)
+                self._schedule(self._resume_delay(saved))
         else:
             self.state = State(revision=fp, message="waiting for a rollout start or a new revision")
+            self.loaded = self.state
             self._converge("init")
         self._task = spawn(self._loop(), f"canary {self.canary.name}")
+
+    def _resume_delay(self, saved: dict[str, Any]) -> float:
+        """A fleet's new leader judges on the step's persisted times (when the old leader
+        would have); one process restarted waits a whole window."""
+        judge_at = saved.get("judge_at")
+        if getattr(self.host, "resume_on_persisted_times", False) and judge_at is not None:
+            return max(0.0, float(judge_at) - time.time())
+        return self.settings.interval
+
+    async def committed(self, before: State) -> bool:
+        """In a fleet, the commands just executed become one fenced transaction; when it
+        fails nothing happened: the state goes back to `before` and the tick comes again."""
+        commit = getattr(self.host, "commit_step", None)
+        if commit is None:
+            return True
+        try:
+            await commit(self.canary.name)
+            return True
+        except Exception as exc:  # StoreDown, Conflict, Fenced: no step was taken
+            log.warning("%s: step not taken (%s)", self.canary.name, exc)
+            self.state = before
+            self._schedule(min(self.settings.interval, 1.0))
+            return False
 
     def update(self, config: Config, canary: Canary) -> None:
         """A reload: new settings; a changed revision or endpoints starts a new rollout."""
@@ -120,7 +148,10 @@ class CanaryRunner:
         if isinstance(ev, m.Start):
             ev = m.Start(now, fingerprint(self.host.current_config(), self.canary))
         async with self._lock:
+            before = self.state
             out = self._apply(ev)
+            if not isinstance(out, m.Rejected) and not await self.committed(before):
+                return False, f"{self.canary.name}: the fleet store did not take the change"
         if isinstance(out, m.Rejected):
             return False, out.reason
         return True, f"{self.canary.name}: {self.state.phase.value}"
@@ -160,7 +191,9 @@ class CanaryRunner:
         async with self._lock:
             if self.state is not before:  # an operator acted meanwhile: only a rollback stands
                 tick = m.Tick(tick.now, rollback=tick.rollback)
-            self._apply(tick)
+            current = self.state
+            if not isinstance(self._apply(tick), m.Rejected):
+                await self.committed(current)
 
     async def _gather(self, s: State) -> m.Tick:
         need = m.needs(self.settings, s)
@@ -198,6 +231,9 @@ class CanaryRunner:
         # Persist before routing: writes land in order, so a routing revision on disk never
         # runs ahead of the canary state it came from (kill -9 resumes consistently).
         cmds = sorted(cmds, key=lambda c: not isinstance(c, m.Persist))
+        for cmd in cmds:  # the next judgement's time is part of what is persisted
+            if isinstance(cmd, m.ScheduleTick):
+                self._judge_at = time.time() + cmd.seconds
         for cmd in cmds:
             if isinstance(cmd, m.SetRoute):
                 self._route(cmd)
@@ -209,7 +245,7 @@ class CanaryRunner:
                 if not self.canary.analysis.dry_run:
                     self.host.close_tunnels(self.canary.route, self.canary.canary)
             elif isinstance(cmd, m.Alert):
-                self.notifier.alert(self.canary.analysis.alerts, cmd.text)
+                self.notifier.alert(self.canary.analysis.alerts, cmd.text, self._payload())
             elif isinstance(cmd, m.RunWebhooks):
                 hooks = self.canary.analysis.webhooks
                 self.notifier.fire(wh.run_type(self.session, hooks, cmd.type, self._payload()))
@@ -246,13 +282,15 @@ class CanaryRunner:
     def _record(self) -> dict[str, Any]:
         c = self.canary
         return {**self.state.to_dict(), "stable": c.stable, "canary": c.canary,
-                "weight": self.weight()}  # fmt: skip
+                "weight": self.weight(), "judge_at": self._judge_at}  # fmt: skip
 
     def _payload(self) -> dict[str, Any]:
         s = self.state
         return {"name": self.canary.name, "route": self.canary.route, "phase": s.phase.value,
                 "weight": self.weight(), "step": s.step, "failed_checks": s.failed_checks,
-                "checks": [r.to_dict() for r in self.last_checks]}  # fmt: skip
+                "checks": [r.to_dict() for r in self.last_checks],
+                "rollout": f"{self.canary.name}@{int(s.started_at or 0)}",
+                "epoch": getattr(self.host, "epoch", 0)}  # fmt: skip
 
     def _export_status(self) -> None:
         setter = getattr(self.host.metrics, "set_canary", None)
@@ -307,8 +345,11 @@ class CanaryManager:
                 r = CanaryRunner(self.host, c, self._session, self._notifier, self.goals)
                 self.runners[name] = r
                 r.start(config)
+                await r.committed(r.loaded)
             elif r.canary != c or fingerprint(config, c) != r.state.revision:
+                before = r.state
                 r.update(config, c)
+                await r.committed(before)
 
     async def action(self, name: str, verb: str) -> tuple[bool, str]:
         """start|promote|abort|pause|resume; KeyError for an unknown canary."""

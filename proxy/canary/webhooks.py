@@ -30,12 +30,24 @@ def alert_body(kind: str, text: str) -> dict[str, Any]:
     return {"text": text}
 
 
+def idempotency(payload: dict[str, Any], hook: str) -> dict[str, str]:
+    """`Idempotency-Key: <rollout>/<step>/<hook>` (and the controller's epoch in a fleet): a
+    receiver can tell a call repeated by a new leader from a new one."""
+    if "rollout" not in payload:
+        return {}
+    headers = {"Idempotency-Key": f"{payload['rollout']}/{payload.get('step', 0)}/{hook}"}
+    if payload.get("epoch"):
+        headers["X-Canaryproxy-Epoch"] = str(payload["epoch"])
+    return headers
+
+
 async def call(session: aiohttp.ClientSession, hook: Webhook, payload: dict[str, Any]) -> bool:
     """POST the payload (plus the hook's metadata); True on a 2xx answer."""
     body = {**payload, "type": hook.type, "metadata": dict(hook.metadata)}
+    headers = idempotency(payload, hook.name)
     try:
         timeout = aiohttp.ClientTimeout(total=hook.timeout)
-        async with session.post(hook.url, json=body, timeout=timeout) as resp:
+        async with session.post(hook.url, json=body, timeout=timeout, headers=headers) as resp:
             await resp.read()
             ok = 200 <= resp.status < 300
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -78,20 +90,22 @@ class Notifier:
     def fire(self, coro: Any) -> None:
         spawn(coro, "canary-notify", self._tasks)
 
-    def alert(self, alerts: Iterable[Alert], text: str) -> None:
+    def alert(
+        self, alerts: Iterable[Alert], text: str, payload: dict[str, Any] | None = None
+    ) -> None:
         for a in alerts:
-            self.fire(self._post(a, text))
+            self.fire(self._post(a, text, idempotency(payload or {}, f"alert-{a.type}")))
 
     def event(self, hooks: Iterable[Webhook], payload: dict[str, Any]) -> None:
         for h in hooks:
             if h.type == "event":
                 self.fire(call(self._session, h, payload))
 
-    async def _post(self, a: Alert, text: str) -> None:
+    async def _post(self, a: Alert, text: str, headers: dict[str, str]) -> None:
         try:
             timeout = aiohttp.ClientTimeout(total=10)
             async with self._session.post(
-                a.url, json=alert_body(a.type, text), timeout=timeout
+                a.url, json=alert_body(a.type, text), timeout=timeout, headers=headers
             ) as r:
                 await r.read()
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:

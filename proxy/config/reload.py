@@ -93,6 +93,9 @@ class Reloader:
         self.parser = ConfigParser()
         self.last_error: str | None = None
         self.watcher: Any = None  # a ConfigWatcher once `watch` started one
+        # fleet mode: a valid new file goes to the store (text, config) -> revision, and is
+        # applied from there like any other replica's change; None: committed here
+        self.publish: Callable[[str, Config], Awaitable[int]] | None = None
         self._lock = asyncio.Lock()
         self._running = self._rejected = ""  # digests of the running and the rejected file
 
@@ -108,7 +111,9 @@ class Reloader:
 
     def reload(self) -> dict:
         """Synchronous: a large config parses and compiles inline. The server uses
-        `reload_async`."""
+        `reload_async` (and fleet mode only that: publishing waits on the store)."""
+        if self.publish is not None:
+            raise RuntimeError("fleet mode reloads with reload_async")
         read = read_config_file(self.path)
         known = self._known(read.digest)
         if known is not None:
@@ -130,6 +135,8 @@ class Reloader:
             if read.error:
                 return self._finish(None, [read.error], read.digest, None)
             config, errors = await self.parser.load(read.text, self.path)
+            if config is not None and not errors and self.publish is not None:
+                return await self._publish(read.text, config, read.digest)
             prepared = None
             if config is not None and not errors:
                 try:
@@ -163,6 +170,17 @@ class Reloader:
         keep_config()
         self.last_error, self._running = None, digest
         log.info("config reloaded: revision %d", revision)
+        return {"result": "ok", "revision": revision}
+
+    async def _publish(self, text: str, config: Config, digest: str) -> dict:
+        assert self.publish is not None
+        try:
+            revision = await self.publish(text, config)
+        except Exception as exc:  # StoreDown, Conflict, a table that cannot be built
+            return self._reject([f"{self.path}: not published to the fleet: {exc}"], "")
+        self.counted("ok")
+        self.last_error, self._running = None, digest
+        log.info("config published to the fleet: revision %d", revision)
         return {"result": "ok", "revision": revision}
 
     def _reject(self, errors: list[str], digest: str) -> dict:

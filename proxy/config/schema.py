@@ -262,7 +262,7 @@ class Alert:
 
 @dataclass(frozen=True)
 class Provider:
-    type: Literal["builtin", "prometheus"] = "builtin"
+    type: Literal["builtin", "fleet", "prometheus"] = "builtin"  # fleet: every replica (--store)
     address: str = ""
 
 

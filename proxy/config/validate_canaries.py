@@ -88,7 +88,7 @@ _ALERT: dict[str, Reader] = {
     "name": string,
 }
 alert = record(s.Alert, _ALERT, ["type", "url"])
-_PROVIDER: dict[str, Reader] = {"type": one_of("builtin", "prometheus"), "address": url}
+_PROVIDER: dict[str, Reader] = {"type": one_of("builtin", "fleet", "prometheus"), "address": url}
 
 
 def provider(ctx: Ctx, value: object, path: str) -> Any:
