@@ -109,7 +109,31 @@ def format_status(st: dict) -> str:
                          f"{','.join(r['idle'])} with {p['header']}: {p['value']}")  # fmt: skip
     lines.extend(_canary_lines(st.get("canaries", [])))
     lines.extend(_worker_lines(st.get("workers")))
+    lines.extend(_cluster_lines(st.get("cluster")))
     return "\n".join(lines)
+
+
+def _cluster_lines(c: dict | None) -> list[str]:
+    """Fleet mode: the store, the leader and epoch, and each replica's applied revision."""
+    if not c:
+        return []
+    stale = c.get("stale_seconds") or 0
+    head = (f"fleet {c.get('store')}   replica {c.get('replica')}   leader "
+            f"{c.get('leader') or 'NONE'} (epoch {c.get('epoch')})   applied revision "
+            f"{c.get('revision')}")  # fmt: skip
+    out = ["", head]
+    if stale:
+        out.append(f"STORE UNREACHABLE for {stale:.1f} s: serving the last state, refusing changes")
+    if (c.get("config") or {}).get("file_differs"):
+        out.append("this replica's config file differs from the fleet's: the fleet's is served")
+    if c.get("error"):
+        out.append(f"FLEET ERROR: {c['error']}")
+    out.append(f"{'REPLICA':<24} {'APPLIED':>8} {'ADMIN':<22}")
+    for m in c.get("members", []):
+        mark = " (leader)" if m.get("replica") == c.get("leader") else ""
+        out.append(f"{str(m.get('replica')) + mark:<24} {m.get('applied_revision', 0):>8} "
+                   f"{m.get('admin', ''):<22}")  # fmt: skip
+    return out
 
 
 def _worker_lines(workers: list[dict] | None) -> list[str]:
@@ -244,7 +268,8 @@ def cmd_history(args: Namespace) -> int:
         print(f"{'REV':>4}  {'TIME':<25} {'CAUSE':<18} WEIGHTS")
         for r in revs:
             ws = "  ".join(f"{route}: {format_weights(w)}" for route, w in r["weights"].items())
-            print(f"{r['revision']:>4}  {r['time']:<25} {r['cause']:<18} {ws}")
+            by = f"  (by {r['who']}, epoch {r.get('epoch', 0)})" if r.get("who") else ""
+            print(f"{r['revision']:>4}  {r['time']:<25} {r['cause']:<18} {ws}{by}")
 
     return _run(go, args)
 

@@ -24,7 +24,7 @@ import aiohttp
 
 from proxy.canary.goals import GoalTracker
 from proxy.state import RoutingState, file_weights, reconcile
-from proxy.store import Conflict
+from proxy.store import Conflict, crash
 from proxy.store.counters import Members, add, fleet_snapshot, members_of
 from proxy.store.etcd import cmp_mod
 from proxy.store.fleet import Fenced
@@ -72,6 +72,10 @@ class FleetHost:
     def load_canary_state(self, name: str) -> dict | None:
         return self.fleet.store.load_canary_state(name)
 
+    def gathered(self) -> None:
+        """A tick's webhooks have answered; its step is not written yet."""
+        crash.at("after-webhook")
+
     def close_tunnels(self, route: str, version: str) -> None:
         self.fleet.app.close_tunnels(route, version)
 
@@ -91,8 +95,10 @@ class FleetHost:
                 puts.append((keys.canary(name), pending["state"]))
             if not puts and not deletes:
                 return
+            crash.at("before-step")
             try:
                 await store.write(puts, deletes, entry, guards)
+                crash.at("after-step")
                 return
             except Conflict:
                 continue  # an operator's change landed first: the step builds on it

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from proxy.config.load import load_text
+from proxy.store.keys import parse_store_url
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KITS = ROOT / "config" / "kits"
@@ -244,3 +245,119 @@ def test_compose_stack_is_consistent() -> None:
     prom = yaml.safe_load((KITS / "prometheus" / "prometheus.yml").read_text())
     (target,) = prom["scrape_configs"][0]["static_configs"][0]["targets"]
     assert target == "canaryproxy:" + config.admin.listen.rsplit(":", 1)[1]
+
+
+# --- fleet (docker-compose, etcd, HAProxy) -----------------------------------------------
+
+FLEET = KITS / "fleet"
+
+
+def _fleet_services() -> dict[str, dict]:
+    return yaml.safe_load((FLEET / "docker-compose.yml").read_text())["services"]
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    """`--name value` or `--name=value` from a command list."""
+    for i, arg in enumerate(cmd):
+        if arg == name:
+            return cmd[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} missing from {cmd}")
+
+
+def _fleet_replicas(services: dict[str, dict]) -> dict[str, list[str]]:
+    return {
+        name: svc["command"]
+        for name, svc in services.items()
+        if isinstance(svc.get("command"), list) and "--store" in svc["command"]
+    }
+
+
+def test_fleet_etcd_members_agree_with_each_other_and_the_replicas() -> None:
+    services = _fleet_services()
+    etcd = {n: s["command"] for n, s in services.items() if "etcd" in s.get("image", "")}
+    assert sorted(etcd) == ["etcd1", "etcd2", "etcd3"]
+    clusters = {_flag(cmd, "--initial-cluster") for cmd in etcd.values()}
+    assert len(clusters) == 1, clusters
+    members = dict(m.split("=", 1) for m in clusters.pop().split(","))
+    assert sorted(members) == sorted(etcd)
+    for name, cmd in etcd.items():
+        assert _flag(cmd, "--name") == name
+        assert _flag(cmd, "--initial-advertise-peer-urls") == members[name]
+        assert urllib.parse.urlsplit(members[name]).hostname == name
+        assert _flag(cmd, "--initial-cluster-state") == "new"
+        (data,) = [v for v in services[name]["volumes"] if v.split(":")[0] == name]
+        assert data.split(":")[1] == _flag(cmd, "--data-dir")
+    assert set(etcd) <= set(yaml.safe_load((FLEET / "docker-compose.yml").read_text())["volumes"])
+    client_port = {
+        urllib.parse.urlsplit(_flag(cmd, "--advertise-client-urls")).port for cmd in etcd.values()
+    }
+    replicas = _fleet_replicas(services)
+    assert len(replicas) == 3
+    for name, cmd in replicas.items():
+        store = parse_store_url(_flag(cmd, "--store"))
+        hosts = {e.rsplit(":", 1)[0] for e in store.endpoints}
+        assert hosts == set(members), f"{name}: {store}"
+        assert {int(e.rsplit(":", 1)[1]) for e in store.endpoints} == client_port
+        assert set(services[name]["depends_on"]) >= set(etcd)
+
+
+def test_fleet_replicas_have_distinct_names_one_cluster_and_their_own_admin_port() -> None:
+    services = _fleet_services()
+    replicas = _fleet_replicas(services)
+    names = [_flag(cmd, "--replica") for cmd in replicas.values()]
+    assert len(set(names)) == len(names) == 3
+    assert len({parse_store_url(_flag(c, "--store")).cluster for c in replicas.values()}) == 1
+    config, errors = load_text((FLEET / "config.yaml").read_text(), "config.yaml")
+    assert errors == [] and config is not None
+    admin_port = config.admin.listen.rsplit(":", 1)[1]
+    host_ports = []
+    for name in replicas:
+        svc = services[name]
+        build = FLEET / svc["build"]["context"]
+        assert (build / svc["build"]["dockerfile"]).is_file()
+        config_arg = _flag(svc["command"], "-c")
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        src = mounts[str(pathlib.PurePosixPath(config_arg).parent)]
+        assert (FLEET / src).is_dir(), f"{src} must be a directory mount"
+        assert (FLEET / src / pathlib.PurePosixPath(config_arg).name).is_file()
+        assert config.admin.token_env in svc["environment"]
+        (port,) = svc["ports"]
+        host, published, target = port.split(":")
+        assert host == "127.0.0.1" and target == admin_port
+        host_ports.append(published)
+    assert sorted(host_ports) == ["9901", "9902", "9903"]
+
+
+def test_fleet_config_passes_the_validator_and_points_at_the_upstreams() -> None:
+    services = _fleet_services()
+    config, errors = load_text((FLEET / "config.yaml").read_text(), "config.yaml")
+    assert errors == [] and config is not None
+    assert config.listen == "0.0.0.0:8080" and config.admin.listen == "0.0.0.0:9901"
+    for up in config.upstreams:
+        host, port = up.endpoints[0].split(":")
+        cmd = services[host]["command"]
+        assert cmd[cmd.index("--port") + 1] == port and cmd[cmd.index("--version") + 1] == up.name
+    assert [c.name for c in config.canaries] == ["shop"]
+
+
+def test_fleet_haproxy_balances_all_three_replicas_over_tcp() -> None:
+    services = _fleet_services()
+    text = (FLEET / "haproxy.cfg").read_text()
+    lines = [ln.split("#", 1)[0].split() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert ["mode", "tcp"] in lines and ["balance", "roundrobin"] in lines
+    servers = {ln[1]: ln[2] for ln in lines if ln[0] == "server"}
+    config, _ = load_text((FLEET / "config.yaml").read_text(), "config.yaml")
+    assert config is not None
+    listen_port = config.listen.rsplit(":", 1)[1]
+    replicas = _fleet_replicas(services)
+    assert servers == {name: f"{name}:{listen_port}" for name in replicas}
+    (bind,) = [ln for ln in lines if ln[0] == "bind"]
+    front_port = bind[1].rsplit(":", 1)[1]
+    haproxy = services["haproxy"]
+    assert f"{front_port}:{front_port}" in haproxy["ports"]
+    assert set(haproxy["depends_on"]) == set(replicas)
+    mount = haproxy["volumes"][0].split(":")
+    assert (FLEET / mount[0]).resolve() == (FLEET / "haproxy.cfg").resolve()

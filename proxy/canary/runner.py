@@ -188,6 +188,9 @@ class CanaryRunner:
     async def _tick(self) -> None:
         before = self.state
         tick = await self._gather(before)
+        gathered = getattr(self.host, "gathered", None)
+        if gathered is not None and self.canary.analysis.webhooks:
+            gathered()
         async with self._lock:
             if self.state is not before:  # an operator acted meanwhile: only a rollback stands
                 tick = m.Tick(tick.now, rollback=tick.rollback)
