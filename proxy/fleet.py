@@ -226,6 +226,7 @@ class Fleet:
         """The file's config as the fleet's: one transaction with the reconciled routing."""
         if not first:
             self._fresh()
+        self.file_digest, self.file_config = digest(text), config  # the file, published or not
         for _ in range(3):
             routing = reconcile(self.store.load_routing(), config)
             try:
@@ -241,7 +242,6 @@ class Fleet:
             entry["config_digest"] = doc["digest"]
             try:
                 _, written = await self.store.write(puts, deletes, entry, guards)
-                self.file_digest, self.file_config = doc["digest"], config
                 return int(written["revision"])
             except Conflict:
                 if first:

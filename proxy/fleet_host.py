@@ -15,6 +15,7 @@ means in a fleet: one replica's share of the traffic is not the release's).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -147,7 +148,13 @@ class FleetCanaries:
         manager = self.fleet.manager
         if manager is not None:
             return await manager.action(name, verb)
+        deadline = asyncio.get_running_loop().time() + self.fleet.ttl + 1
         _, leader = self.fleet.election.leader()
+        while (
+            not leader or not leader.get("admin")
+        ) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)  # an election is under way
+            _, leader = self.fleet.election.leader()
         if not leader or not leader.get("admin"):
             return False, "no replica leads the controller right now; try again in a few seconds"
         return await _forward(leader["admin"], name, verb, self.fleet.control.token())

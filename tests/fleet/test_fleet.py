@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -184,6 +185,9 @@ async def test_leader_killed_at_a_chosen_point_loses_and_repeats_nothing(
     print(f"\n{point}: new leader {new.name}; weights {weights}; keys {hook.keys[:6]}")
     assert c["phase"] == "Succeeded"
     assert progressing == [10, 20, 30, 40, 50], weights
+    steps = [int(k.split("/")[1]) for k in hook.keys]  # <rollout>/<step>/<hook>
+    assert all(re.fullmatch(r"shop@\d+/\d+/gate", k) for k in hook.keys), hook.keys
+    assert steps == sorted(steps)  # a new leader calls again at the same step, never back
     assert failover <= TTL + 10  # (measured from the start: the crash comes a step later)
     await hook.close()
 
