@@ -214,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--native", action="store_true", help="sample C frames too (slower)")
     args = p.parse_args(argv)
-    if args.native:
+    from proxy.build import build
+
+    if args.native or build() == "compiled":
+        # a compiled hot path runs as C: without native frames py-spy sees none of it
         NATIVE.append("--native")
+        print(f"profiling the {build()} build with native frames (py-spy --native)")
     if not shutil.which("py-spy"):
         print("py-spy not found: pip install py-spy", file=sys.stderr)
         return 1

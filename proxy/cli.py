@@ -90,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _workers(value: str) -> int:
+    """`--workers N` or `auto` (as nginx's `worker_processes auto`): the cores this process
+    may run on (its CPU affinity, so a `taskset` or container limit is respected)."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, not {value!r}") from None
+
+
 def _serve_verbs(verbs: _Verbs) -> None:
     s = verbs.add(
         "serve",
@@ -101,9 +112,9 @@ def _serve_verbs(verbs: _Verbs) -> None:
     s.add_argument("-c", "--config", required=True, help="config YAML file (hot-reloaded)")
     s.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
-        help="data-plane processes sharing the port (SO_REUSEPORT)",
+        help="data-plane processes sharing the port (SO_REUSEPORT); auto: one per core",
     )
     s.add_argument(
         "--state-dir",
@@ -310,8 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.version:
         from proxy import __version__
+        from proxy.build import describe
 
-        print(__version__)
+        print(f"canaryproxy {__version__} ({describe()})")
         return 0
     if args.verb is None:
         parser.print_help()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from proxy.build import build
 from proxy.config.schema import Config, Route
 from proxy.state import RoutingState
 
@@ -35,6 +36,7 @@ def status(
         **({"workers": workers} if workers is not None else {}),
         # asyncio tasks of this process (a leak shows as a count that keeps growing)
         "tasks": len(asyncio.all_tasks()),
+        "build": build(),  # "compiled" (mypyc hot path) or "pure"
     }
 
 

@@ -51,7 +51,7 @@ class RouteActions(ResponseStream):
     subset: str  # the version the request goes to
     head: bytes  # the request's fields as sent upstream (heads.request_head)
     # Set by Exchange (declared here for the type checker).
-    route: CompiledRoute
+    route: CompiledRoute | None  # None: no route matched (404)
     body: list[bytes] | None
     upstream_addr: str  # set once a connection was handed over: request bytes went out
     ep: Endpoint
@@ -64,7 +64,9 @@ class RouteActions(ResponseStream):
     # --- redirect and direct response ------------------------------------------------------
     def _answer(self) -> None:
         """Answer for a redirect or direct-response route (Exchange.start, `local` ANSWER)."""
-        route, req = self.route, self.req
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
+        req = self.req
         self.close_after = self.close_after or close_after_error(
             ANSWER, self.req_done, self._must_close()
         )
@@ -81,6 +83,8 @@ class RouteActions(ResponseStream):
         self._finish(status)
 
     def _redirect(self, rd: Redirect) -> tuple[int, list[Header], bytes]:
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         host = next((v for lname, _, v in self.req.headers if lname == b"host"), None)
         authority = host.decode("latin-1") if host else self.client.local_authority()
         location = redirect_location(
@@ -89,7 +93,7 @@ class RouteActions(ResponseStream):
             authority,
             self.client.listening.port,
             self.req.target.decode("latin-1"),
-            self.route.prefixes,
+            route.prefixes,
         )
         return rd.status, [(b"location", b"Location", location.encode("latin-1"))], b""
 
@@ -109,20 +113,23 @@ class RouteActions(ResponseStream):
     # --- rewrite -------------------------------------------------------------------------------
     def _rewrite(self, rw: PathRewrite) -> hdr.Policy:
         """Set the forwarded target and the header policy of a rewriting route."""
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         req = self.req
         received = req.target.decode("latin-1")
-        target = rw.target(received, self.route.prefixes)
+        target = rw.target(received, route.prefixes)
         if target != received:
             self.target = target.encode("latin-1")
         if rw.host is not None:
             req.has_host = True  # the rewritten Host goes, not the endpoint's (HTTP/1.0)
-        self.policy = policy = forward_policy(self.route, self.subset, rw.host, self.failover)
+        self.policy = policy = forward_policy(route, self.subset, rw.host, self.failover)
         return policy
 
     # --- failover ------------------------------------------------------------------------------
     def _fail_over(self, reason: str) -> bool:
         """Go to another destination after `reason` if `rules.failover_to` allows it."""
         route = self.route
+        assert route is not None  # routed (prepare): see `local`
         order = route.failover.get(self.subset, ()) if route.failover else ()
         if not order:
             return False
@@ -144,6 +151,8 @@ class RouteActions(ResponseStream):
 
     def _count_failed(self, reason: str) -> None:
         """The version left behind is counted as failed (module docstring)."""
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         metrics = self.client.server.metrics
         if metrics is None:
             return
@@ -151,7 +160,7 @@ class RouteActions(ResponseStream):
         if label is not None:
             metrics.upstream_error(self.subset, label)
         seconds = self.loop.time() - self.t0
-        metrics.observe(self.route.name, self.route.service, self.subset, status, seconds)
+        metrics.observe(route.name, route.service, self.subset, status, seconds)
 
     def _failover_field(self) -> bytes:
         """The failover field of a proxy-made error after a failover (else b"")."""

@@ -78,7 +78,7 @@ class Exchange(RouteActions):
         self.local = req.error  # reason of a proxy-made answer (a framing error), else None
         self.expect_continue = False
         # route, pool, ep and policy are set by prepare()/_proceed()/_on_conn() before use.
-        self.route: CompiledRoute = None  # type: ignore[assignment]
+        self.route: CompiledRoute | None = None  # None: no route matched (404)
         self.subset = ""
         self.set_cookie: str | None = None
         self.mirror: tuple[str, ...] | None = None
@@ -157,7 +157,9 @@ class Exchange(RouteActions):
             else:
                 self.fail(self.local)
             return
-        fault = self.route.fault
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
+        fault = route.fault
         if fault is not None:
             if fault.abort is not None and random.random() * 100 < fault.abort.percent:
                 self.fault_status = fault.abort.status
@@ -169,12 +171,13 @@ class Exchange(RouteActions):
         self._proceed()
 
     def _proceed(self) -> None:
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         self.timer = None
         if self.done:
             return
         if self.expect_continue and not self.req_done:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        route = self.route
         if route.rewrite is None:
             self.policy = policy = policy_for(route, self.subset)
         else:
@@ -189,6 +192,8 @@ class Exchange(RouteActions):
 
     def _start_mirror(self) -> None:
         """Send a copy to each mirror Subset once the whole (small) request is known."""
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         if self.mirror is None or not self.head or not self.req_done or self.body is None:
             return
         mirrors, self.mirror = self.mirror, None
@@ -198,18 +203,22 @@ class Exchange(RouteActions):
             if pool is None:
                 continue
             payload = mirror_payload(self.req, mirror, self.head, self.body, self.target)
-            MirrorExchange(pool, payload, self.route.timeout).start()
+            MirrorExchange(pool, payload, route.timeout).start()
             if server.metrics is not None:
-                server.metrics.mirrored(self.route.name, mirror)
+                server.metrics.mirrored(route.name, mirror)
 
     def _attempt(self, fresh: bool) -> None:
-        if self.loop.time() - self.t0 >= self.route.timeout > 0:
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
+        if self.loop.time() - self.t0 >= route.timeout > 0:
             self.fail("upstream_timeout")  # the route's timeout covers every attempt
             return
         # An upgrade never shares a connection: after a 101 it is the tunnel's.
         self.pool.acquire(self._on_conn, self.ep, fresh or self.upgrade is not None)
 
     def _on_conn(self, conn: UpstreamConnection | None, ep: Endpoint | None, reason: str) -> None:
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         if conn is None:
             self._connect_failed(ep, reason)
             return
@@ -220,7 +229,6 @@ class Exchange(RouteActions):
         self.upstream_addr = conn.endpoint.address
         conn.attach(self)
         self._send_head(conn)
-        route = self.route
         deadline, self.per_try = response_deadline(
             self.t0, self.loop.time(), route.timeout, route.retries.per_try_timeout
         )
@@ -247,6 +255,8 @@ class Exchange(RouteActions):
             conn.transport.write(b"".join(parts))
 
     def _connect_failed(self, ep: Endpoint | None, reason: str) -> None:
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         if self.done:
             return
         if ep is not None and reason in (CONNECT_REFUSED, CONNECT_TIMEOUT):
@@ -258,17 +268,19 @@ class Exchange(RouteActions):
             if retry_after_connect_failure(*self._retry_inputs()):
                 self._retry(fresh=False)
                 return
-        if self.route.failover is not None and self._fail_over(reason):
+        if route.failover is not None and self._fail_over(reason):
             return
         self.fail(reason)
 
     # --- retries -----------------------------------------------------------------------------
     def _retry_inputs(self) -> tuple[bytes, int, frozenset[str], bool]:
         """What every retry rule reads: method, attempts left, `retry_on`, body still held."""
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         return (
             self.req.method,
             self.attempts_left,
-            self.route.retries.retry_on,
+            route.retries.retry_on,
             self.body is not None,
         )
 
@@ -281,8 +293,10 @@ class Exchange(RouteActions):
     def client_body(self, data: bytes) -> None:
         if self.local is not None:
             return
+        route = self.route
+        assert route is not None  # routed (prepare): see `local`
         self.body_bytes += len(data)
-        if self.body_bytes > self.route.max_body:
+        if self.body_bytes > route.max_body:
             if self.done:  # answered early; the rest is discarded, but not without end
                 self.client.abort()
             else:

@@ -29,7 +29,7 @@ from proxy.dataplane.request import (
     valid_authority,
 )
 
-_new = object.__new__
+_new_request = Request.__new__  # object.__new__ in pure Python; the native one compiled
 
 
 class RequestHeadParser:
@@ -135,7 +135,7 @@ class RequestHeadParser:
             rid = new_request_id()
         trusted = self.limits.trusted_hops
         peer = self.peer
-        req = _new(Request)  # not Request(...): see its docstring
+        req = _new_request(Request)  # not Request(...): see its docstring
         req.method = method
         req.target = url
         req.http10 = http10

@@ -148,7 +148,7 @@ class Request:
 
     A slots class reads as fast as a tuple, but calling it (the generated `__init__`, 14
     arguments) costs ~5x building one: the hot path, `parse._request`, takes a bare
-    instance (`object.__new__`) and stores every field, about half of that. Every field
+    instance (`Request.__new__`) and stores every field, about half of that. Every field
     must be set there.
     """
 

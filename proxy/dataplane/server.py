@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -24,7 +24,6 @@ from proxy.config.schema import Limits, ListenerTls
 from proxy.dataplane.accesslog import AccessLog
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
-from proxy.dataplane.parse import RequestHeadParser
 from proxy.dataplane.request import Reject, Stop, bare_request, check_request_line
 from proxy.dataplane.rules import lingers
 from proxy.dataplane.timers import ClientTimers
@@ -57,7 +56,7 @@ class Listening:
         self.scheme = scheme  # "https" on a TLS listener: X-Forwarded-Proto and redirects
 
 
-class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protocol):
+class ClientConnection(ClientTimers[Exchange]):
     def __init__(self, server: ProxyServer, listening: Listening | None = None) -> None:
         self.server = server
         self.listening = listening or Listening("default")
@@ -69,7 +68,7 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         self.peer = ""
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
-        self.parsing: Exchange | None = None  # request whose body is being read
+        self.parsing = None  # request whose body is being read (ClientTimers: Exchange | None)
         self.in_head = False
         self.closing = False  # no further request is read
         self.closed = False
@@ -83,7 +82,7 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
         self.deadline_kind: str | None = None  # None | "idle" | "head"
         self.deadline = 0.0
         self.period = min(self.limits.header_timeout, self.limits.keepalive_timeout)
-        self.resp_ex: Exchange | None = None  # waiting for its response head, see watch_response
+        self.resp_ex = None  # waiting for its response head, see watch_response
         self.resp_deadline = 0.0
         self.body_timer: asyncio.TimerHandle | None = None
         self.last_body = 0.0
@@ -147,16 +146,16 @@ class ClientConnection(ClientTimers[Exchange], RequestHeadParser, asyncio.Protoc
             self.parser.feed_data(data)
             if self.in_head:
                 self._count_head(began, len(data))
-        except Reject as exc:
-            self.reject(exc.reason)
-        except httptools.HttpParserUpgrade as exc:
-            self.early = data[exc.args[0] :]
+        except Reject as rejected:  # (one name per clause: each has its own type)
+            self.reject(rejected.reason)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.early = data[upgrade.args[0] :]
             if self.queue and self.queue[-1].upgrade is not None:
                 self.block_read(BLOCK_SWITCH)  # until the answer: a tunnel, or HTTP again
             else:
                 self._stop_reading()  # the request was served; no protocol switch follows
-        except httptools.HttpParserError as exc:
-            ctx = exc.__context__
+        except httptools.HttpParserError as bad:
+            ctx = bad.__context__
             if isinstance(ctx, Reject):
                 self.reject(ctx.reason)
             elif not isinstance(ctx, Stop):
@@ -357,15 +356,17 @@ class ProxyServer:
                 "ssl": self._tls_context(listener, tls),
                 "ssl_handshake_timeout": self.limits.header_timeout,
             }
+
         # asyncio listens with a backlog of 100 (also on a socket it is given); a burst of
         # new connections beyond it is dropped and retried by the client a second later.
+        def protocol() -> asyncio.Protocol:  # a protocol by its methods, not by its base
+            return cast(asyncio.Protocol, ClientConnection(self, listening))
+
         if sock is not None:
-            srv = await self.loop.create_server(
-                lambda: ClientConnection(self, listening), sock=sock, backlog=BACKLOG, **extra
-            )
+            srv = await self.loop.create_server(protocol, sock=sock, backlog=BACKLOG, **extra)
         else:
             srv = await self.loop.create_server(
-                lambda: ClientConnection(self, listening),
+                protocol,
                 host,
                 port,
                 reuse_port=reuse_port or None,
@@ -373,7 +374,8 @@ class ProxyServer:
                 **extra,
             )
         self._servers.append(srv)
-        listening.port = srv.sockets[0].getsockname()[1]
+        sockets: Any = cast(Any, srv).sockets  # a list on uvloop (typeshed says tuple)
+        listening.port = sockets[0].getsockname()[1]
         self.ports[listener] = listening.port
         self.port = self.port or listening.port
 

@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any, Generic, TypeVar
 
 from proxy.config.schema import Limits
+from proxy.dataplane.parse import RequestHeadParser
 from proxy.dataplane.types import TimedExchange
 
 LINGER = 5.0  # seconds an error-closed connection drains the client's unread bytes
@@ -21,7 +22,7 @@ LINGER = 5.0  # seconds an error-closed connection drains the client's unread by
 E = TypeVar("E", bound=TimedExchange)
 
 
-class ClientTimers(Generic[E]):
+class ClientTimers(RequestHeadParser, Generic[E]):
     """Deadline handling of a client connection; the state lives on the connection."""
 
     # Set by ClientConnection.__init__ (declared here for the type checker).

@@ -49,7 +49,7 @@ class Weighted:
     lookup: tuple[str | None, ...] = field(repr=False)  # bucket -> subset; () when total == 0
 
 
-def check_weight(w: float) -> float:
+def check_weight(w: object) -> float:  # object: it checks the type itself
     """A weight must be a finite number >= 0; bad input is an error, not a silent 0."""
     if not isinstance(w, int | float) or isinstance(w, bool) or not isfinite(w) or w < 0:
         raise ValueError(f"weight must be a finite number >= 0, got {w!r}")
@@ -74,8 +74,8 @@ def bucket_ranges(
     return tuple(out)
 
 
-def build_weighted(subsets: tuple[str, ...], weights: tuple[float, ...]) -> Weighted:
-    """Precompute everything `pick_random` and `pick_hash` need."""
+def build_weighted(subsets: tuple[str, ...], weights: tuple[object, ...]) -> Weighted:
+    """Precompute everything `pick_random` and `pick_hash` need (bad weights: ValueError)."""
     ws = tuple(check_weight(w) for w in weights)
     cum: list[float] = []
     acc = 0.0

@@ -21,7 +21,6 @@ Everything per route is precomputed at build time; `decide` only reads.
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.schema import (
@@ -39,6 +38,7 @@ from proxy.routing.match import (
     exact_header_keys,
     rules_test,
 )
+from proxy.routing.overrides import Overrides as Overrides  # re-exported
 from proxy.routing.rewrite import compile_rewrite, path_prefixes
 from proxy.routing.route import CompiledRoute, Decision
 from proxy.routing.scan import MIN_INDEXED, Scan, choose
@@ -49,16 +49,6 @@ from proxy.routing.split import (
     idle_subset,
     sticky_set_cookie,
 )
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Routing state that is not in the file (admin API, canary controller)."""
-
-    # route -> subset -> weight; a complete map for that route: missing subsets get 0.
-    weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # route -> (subset, rules): requests matching any rule go to subset before splitting.
-    canary_match: Mapping[str, tuple[str, tuple[MatchRule, ...]]] = field(default_factory=dict)
 
 
 def _effective_weights(route: Route, overrides: Overrides) -> tuple[float, ...]:
