@@ -408,7 +408,10 @@ async def test_workers_terminate_tls(upstream: Upstream, certs: Certs, tmp_path:
         )
 
         async def summed() -> bool:  # the supervisor's /metrics adds up every worker's count
-            body = await _admin_get(admin, "/metrics")
+            try:
+                body = await _admin_get(admin, "/metrics")
+            except ConnectionError:  # the admin API starts after the workers listen
+                return False
             lines = [x for x in body.splitlines() if x.startswith(metric)]
             return bool(lines) and float(lines[0].split()[-1]) == 6
 
