@@ -9,8 +9,6 @@ PROBE = "proxy.dataplane.server"  # compiled in every compiled build
 
 def compiled_modules() -> list[str]:
     """The hot-path modules loaded from a compiled extension, by name."""
-    from proxy import dataplane  # noqa: F401  (the package, to find its modules)
-
     names = [PROBE, "proxy.dataplane.exchange", "proxy.routing.table", "proxy.headers"]
     out = []
     for name in names:

@@ -37,7 +37,13 @@ from proxy.routing.table import (
     iter_build_table,
     retire,
 )
-from proxy.state import RoutingState, file_weights, match_from_json, reconcile
+from proxy.state import (
+    RoutingState,
+    file_weights,
+    match_from_json,
+    reconcile,
+    with_canary_route,
+)
 from proxy.tasks import SLICE, run_sliced
 
 log = logging.getLogger("canaryproxy")
@@ -340,15 +346,7 @@ class Control:
         cause: str,
     ) -> None:
         assert self.config is not None
-        new_weights = dict(self.routing.weights)
-        if weights is not None:
-            new_weights[route] = dict(weights)
-        new_match = dict(self.routing.canary_match)
-        if match is None:
-            new_match.pop(route, None)
-        else:
-            new_match[route] = match
-        new = RoutingState(new_weights, new_match, file_weights(self.config))
+        new = with_canary_route(self.routing, self.config, route, weights, match)
         self.apply(new, cause, quiet_if_same=True)
 
     def close_tunnels(self, route: str, version: str) -> None:

@@ -137,10 +137,8 @@ class Fleet:
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None
-        try:
-            await asyncio.wait_for(self.store.etcd.call(
-                "/v3/kv/deleterange", {"key": _b64(self.keys.member(self.replica))}, timeout=1.0
-            ), 1.5)  # fmt: skip
+        try:  # leave at once rather than when the member lease expires
+            await asyncio.wait_for(self.store.etcd.delete(self.keys.member(self.replica)), 1.5)
         except (Unavailable, ValueError, TimeoutError):
             pass
         await self.store.aclose()
@@ -200,7 +198,7 @@ class Fleet:
 
     # -- changing it ----------------------------------------------------------------------
 
-    def _fresh(self) -> None:
+    def require_fresh(self) -> None:
         stale = self.store.stale_seconds()
         if stale > 0 or not self.store.watching:
             raise StoreDown(f"the fleet store has not been heard from for {stale:.1f} s; "
@@ -209,12 +207,12 @@ class Fleet:
     async def change(self, build: Callable[[RoutingState], RoutingState], cause: str) -> dict:
         """An operator's change as one transaction; the log entry once applied here."""
         for _ in range(3):
-            self._fresh()
+            self.require_fresh()
             config = self.control.config
             new = build(reconcile(self.store.load_routing(), config))
             table = self.control.check(new)  # BadInput: nothing written
             puts, deletes = routing_changes(self.store.snapshot, self.keys, new)
-            entry = self._entry(cause, table.weights(), new, epoch=self.election.epoch)
+            entry = self.entry(cause, table.weights(), new, epoch=self.election.epoch)
             try:
                 _, written = await self.store.write(puts, deletes, entry)
                 return written
@@ -225,7 +223,7 @@ class Fleet:
     async def publish_config(self, text: str, config: Config, first: bool = False) -> int:
         """The file's config as the fleet's: one transaction with the reconciled routing."""
         if not first:
-            self._fresh()
+            self.require_fresh()
         self.file_digest, self.file_config = digest(text), config  # the file, published or not
         for _ in range(3):
             routing = reconcile(self.store.load_routing(), config)
@@ -238,7 +236,7 @@ class Fleet:
                    "time": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
             puts.append((self.keys.config, doc))
             guards = [cmp_create(self.keys.config, 0)] if first else []
-            entry = self._entry("config", table.weights(), routing, epoch=self.election.epoch)
+            entry = self.entry("config", table.weights(), routing, epoch=self.election.epoch)
             entry["config_digest"] = doc["digest"]
             try:
                 _, written = await self.store.write(puts, deletes, entry, guards)
@@ -249,7 +247,7 @@ class Fleet:
                 continue
         raise Conflict("another replica changed the fleet's state first, three times")
 
-    def _entry(self, cause: str, weights: dict, routing: RoutingState, epoch: int) -> dict:
+    def entry(self, cause: str, weights: dict, routing: RoutingState, epoch: int) -> dict:
         return {"cause": cause, "epoch": epoch, "weights": weights,
                 "canary_match": match_to_json(routing.canary_match)}  # fmt: skip
 
@@ -335,9 +333,3 @@ class Fleet:
         lead = Gauge("canaryproxy_controller_leader",
                      "1 on the replica that runs the canary controller", registry=registry)  # fmt: skip
         lead.set_function(lambda: 1 if self.election.epoch else 0)
-
-
-def _b64(text: str) -> str:
-    from proxy.store.etcd import b64
-
-    return b64(text)

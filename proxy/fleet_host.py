@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import Any
 
 import aiohttp
 
 from proxy.canary.goals import GoalTracker
-from proxy.state import RoutingState, file_weights, reconcile
+from proxy.state import reconcile, with_canary_route
 from proxy.store import Conflict, crash
 from proxy.store.counters import Members, add, fleet_snapshot, members_of
 from proxy.store.etcd import cmp_mod
@@ -90,7 +89,7 @@ class FleetHost:
             raise Fenced("this replica does not lead the controller")
         guards = [fleet.election.guard(), cmp_mod(keys.canary(name), store.canary_revision(name))]
         for _ in range(5):
-            fleet._fresh()
+            fleet.require_fresh()
             puts, deletes, entry = self._routing(pending.get("route"))
             if "state" in pending:
                 puts.append((keys.canary(name), pending["state"]))
@@ -116,20 +115,12 @@ class FleetHost:
         fleet, control = self.fleet, self.fleet.control
         config = control.current_config()
         current = reconcile(fleet.store.load_routing(), config)
-        new_weights = dict(current.weights)
-        if weights is not None:
-            new_weights[route] = dict(weights)
-        new_match = dict(current.canary_match)
-        if match is None:
-            new_match.pop(route, None)
-        else:
-            new_match[route] = match
-        new = RoutingState(new_weights, new_match, file_weights(config))
+        new = with_canary_route(current, config, route, weights, match)
         table, before = control.check(new), control.check(current)
         if (table.weights(), new.canary_match) == (before.weights(), current.canary_match):
             return [], [], None
         puts, deletes = routing_changes(fleet.store.snapshot, fleet.keys, new)
-        return puts, deletes, fleet._entry(cause, table.weights(), new, self.epoch)
+        return puts, deletes, fleet.entry(cause, table.weights(), new, self.epoch)
 
 
 class FleetCanaries:
@@ -195,9 +186,5 @@ async def _forward(admin: str, name: str, verb: str, token: str) -> tuple[bool, 
             body = await r.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return False, f"the leader at {admin} did not answer: {exc}"
-    message = body.get("message") or body.get("error") or "" if isinstance(body, dict) else ""
+    message = (body.get("message") or body.get("error") or "") if isinstance(body, dict) else ""
     return r.status < 300, f"{message} (by the leader at {admin})"
-
-
-def replica_token_env() -> str:
-    return os.environ.get("CANARYPROXY_TOKEN", "")

@@ -146,6 +146,26 @@ class RoutingState:
     seen_file: Weights = field(default_factory=dict)
 
 
+def with_canary_route(
+    state: RoutingState,
+    config: Config,
+    route: str,
+    weights: Mapping[str, float] | None,
+    match: tuple[str, tuple[MatchRule, ...]] | None,
+) -> RoutingState:
+    """`state` with a canary's step on `route`: its weights (None: unchanged) and its match
+    (None: cleared)."""
+    new_weights = dict(state.weights)
+    if weights is not None:
+        new_weights[route] = dict(weights)
+    new_match = dict(state.canary_match)
+    if match is None:
+        new_match.pop(route, None)
+    else:
+        new_match[route] = match
+    return RoutingState(new_weights, new_match, file_weights(config))
+
+
 def reconcile(state: RoutingState, config: Config) -> RoutingState:
     """Drop overrides the new file invalidates: a route gone, a subset gone, or the
     file's own weights for that route changed since the override was set."""

@@ -17,7 +17,6 @@ none answered.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -228,6 +227,9 @@ class Etcd:
         data = await self.call("/v3/kv/put", op_put(key, value, lease)["request_put"])
         return int(data["header"]["revision"])
 
+    async def delete(self, key: str) -> None:
+        await self.call("/v3/kv/deleterange", {"key": b64(key)}, timeout=1.0)
+
     async def txn(self, compare: list[dict], success: list[dict], failure: list[dict]) -> TxnResult:
         """One transaction. Not resent once it may have been applied (an answer lost on
         the way back raises Uncertain): the caller re-reads and decides."""
@@ -323,7 +325,3 @@ def _batch(msg: dict) -> Batch | None:
         Event(e.get("type") == "DELETE", KV.of(e.get("kv", {}))) for e in result.get("events", [])
     )
     return Batch(revision, events)
-
-
-async def sleep_backoff(attempt: int, cap: float = 1.0) -> None:
-    await asyncio.sleep(min(cap, 0.05 * (2**attempt)))

@@ -136,8 +136,10 @@ class FleetStore:
             else:
                 self.snapshot[ev.kv.key] = _doc(ev.kv)
             changed.add(ev.kv.key)
+        # the events' own revisions; an answer without events is a progress notice: all up
+        # to its header revision has been sent
         last = max((ev.kv.mod_revision for ev in batch.events), default=batch.revision)
-        self.revision = max(self.revision, last, batch.revision if not batch.events else 0)
+        self.revision = max(self.revision, last)
         if changed:
             self._changed(changed)
         self._wake_waiters()
