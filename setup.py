@@ -38,6 +38,7 @@ HOT = [  # what the profile of a small request earns (benchmarks/README.md)
     "proxy/routing/route.py",
     "proxy/routing/match.py",
     "proxy/routing/split.py",
+    "proxy/routing/scan.py",
 ]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from aiohttp import web
@@ -175,9 +177,14 @@ class App:
             access_log = self._access_log = AccessLog(config.access_log)
         control = self.control
         assert control is not None
-        # read per request: straight from control, not through the App's properties
+        # read per request: straight from control, not through the App's properties, and
+        # by a C-level getter (a lambda would run the interpreter once per request)
         self._server = ProxyServer(
-            lambda: control.table, self.pools, self.metrics, access_log, config.limits
+            partial(attrgetter("table"), control),
+            self.pools,
+            self.metrics,
+            access_log,
+            config.limits,
         )
         for listener in config.all_listeners():
             sock = bind(listener.listen)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.config.schema import HeaderOps, HeaderPolicy
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, name as received, value)
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -35,7 +36,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Fields the proxy owns: `Connection` cannot make us drop them.
-PROTECTED = frozenset(
+PROTECTED: Final = frozenset(
     {
         b"host",
         b"content-length",
@@ -47,9 +48,10 @@ PROTECTED = frozenset(
     }
 )
 # Replaced by the proxy on requests, so incoming copies are dropped.
-REPLACED_ON_REQUEST = frozenset({b"x-forwarded-proto", b"x-request-id", b"content-length"})
-VIA = b"1.1 canaryproxy"
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+REPLACED_ON_REQUEST: Final = frozenset({b"x-forwarded-proto", b"x-request-id", b"content-length"})
+VIA: Final = b"1.1 canaryproxy"
+_VIA_LINE: Final = b"Via: 1.1 canaryproxy\r\n"
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -132,16 +134,38 @@ def request_lines(
     `xff` is the full new X-Forwarded-For value; `proto` is None to keep an incoming
     X-Forwarded-Proto (trusted hop in front), else the value to set.
     """
-    drop = policy.req_drop if proto is not None else policy.req_drop_trusted
-    if connection:
-        drop = drop | connection
-    parts = [name + b": " + value + b"\r\n" for lname, name, value in headers if lname not in drop]
-    parts.append(b"X-Forwarded-For: " + xff + b"\r\n")
-    if proto is not None:
-        parts.append(b"X-Forwarded-Proto: " + proto + b"\r\n")
-    parts.append(b"X-Request-Id: " + request_id + b"\r\nVia: " + VIA + b"\r\n")
-    parts.append(policy.req_lines)
+    parts: list[bytes] = []
+    add_request_lines(parts, headers, connection, xff, proto, request_id, policy)
     return b"".join(parts)
+
+
+def add_request_lines(
+    parts: list[bytes],
+    headers: Sequence[Header],
+    connection: frozenset[bytes],
+    xff: bytes,
+    proto: bytes | None,
+    request_id: bytes,
+    policy: Policy,
+) -> None:
+    """`request_lines` as pieces appended to `parts`, for the caller's one join (a piece
+    per name, separator and value: no concatenation per field)."""
+    drop = policy.req_drop if proto is not None else policy.req_drop_trusted
+    for lname, name, value in headers:
+        if lname not in drop and lname not in connection:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+    parts.append(b"X-Forwarded-For: ")
+    parts.append(xff)
+    if proto is not None:
+        parts.append(b"\r\nX-Forwarded-Proto: ")
+        parts.append(proto)
+    parts.append(b"\r\nX-Request-Id: ")
+    parts.append(request_id)
+    parts.append(b"\r\nVia: " + VIA + b"\r\n")
+    parts.append(policy.req_lines)
 
 
 def response_lines(
@@ -151,13 +175,30 @@ def response_lines(
     set_cookie: str | None,
 ) -> bytes:
     """Header block for the client response, without framing/Connection and final CRLF."""
-    drop = policy.resp_drop | connection if connection else policy.resp_drop
-    parts = [name + b": " + value + b"\r\n" for lname, name, value in headers if lname not in drop]
-    parts.append(b"Via: " + VIA + b"\r\n")
+    parts: list[bytes] = []
+    add_response_lines(parts, headers, connection, policy, set_cookie)
+    return b"".join(parts)
+
+
+def add_response_lines(
+    parts: list[bytes],
+    headers: Sequence[Header],
+    connection: frozenset[bytes],
+    policy: Policy,
+    set_cookie: str | None,
+) -> None:
+    """`response_lines` as pieces appended to `parts` (see `add_request_lines`)."""
+    drop = policy.resp_drop
+    for lname, name, value in headers:
+        if lname not in drop and lname not in connection:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+    parts.append(_VIA_LINE)
     parts.append(policy.resp_lines)
     if set_cookie:
         parts.append(b"Set-Cookie: " + set_cookie.encode("latin-1") + b"\r\n")
-    return b"".join(parts)
 
 
 def forwarded_for(existing: bytes | None, peer: str) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -66,7 +67,7 @@ __all__ = [
     "window_rates",
 ]
 
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "no_healthy")
+UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "no_healthy")
 
 
 class ProxyMetrics:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import accumulate
 from operator import add
+from typing import Final
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -22,8 +23,8 @@ from proxy.metrics_buckets import BUCKETS, EXPORTED_AT, FINE_INF, VersionSnapsho
 from proxy.metrics_history import NO_COUNTS, Raw
 from proxy.workers.counts import SeriesReport
 
-_LE_S = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
-_LE_MS = [floatToGoString(b * 1000) for b in BUCKETS] + ["+Inf"]
+_LE_S: Final = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+_LE_MS: Final = [floatToGoString(b * 1000) for b in BUCKETS] + ["+Inf"]
 
 
 class Series:

@@ -85,6 +85,7 @@ class GoalTracker:
 
     def __init__(self) -> None:
         self._routes: dict[str, list[_Watch]] = {}
+        self.watched: frozenset[str] = frozenset()  # the routes with goals (read per request)
         self._keys: dict[str, tuple[str, str]] = {}
         self._exposed: dict[tuple[str, str], set[str]] = {}
         self._converted: dict[tuple[str, str, str], set[str]] = {}
@@ -98,6 +99,7 @@ class GoalTracker:
                 self._routes.setdefault(c.route, []).append(w)
                 if config is not None:
                     self._keys[c.route] = key_source(config, c.route)
+        self.watched = frozenset(self._routes)
 
     def observe(
         self,
@@ -120,7 +122,7 @@ class GoalTracker:
         self._converted = {k: v for k, v in self._converted.items() if k[0] != canary}
 
     def wants(self, route: str) -> bool:
-        return route in self._routes
+        return route in self.watched
 
     def record(self, route: str, version: str, method: str, path: str, user_key: str) -> None:
         """One answered request of `route` served by `version` for the user `user_key`."""

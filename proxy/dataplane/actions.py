@@ -21,7 +21,7 @@ The decisions live in `proxy.dataplane.rules` and `proxy.routing.rewrite`; this 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.dataplane.errors import ERRORS
 from proxy.dataplane.heads import answer_head, forward_policy, policy_for, request_head
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from proxy.routing.rewrite import PathRewrite
     from proxy.routing.route import CompiledRoute
 
-ANSWER = "route_answer"  # Exchange.local of a redirect or direct-response route
+ANSWER: Final = "route_answer"  # Exchange.local of a redirect or direct-response route
 
 
 class RouteActions(ResponseStream):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from http import HTTPStatus
+from typing import Final
 
 # reason -> (status, human text, upstream error label or None)
-ERRORS: dict[str, tuple[int, str, str | None]] = {
+ERRORS: Final[dict[str, tuple[int, str, str | None]]] = {
     "upstream_connect_refused": (502, "the upstream refused the connection", "connect"),
     "upstream_reset": (502, "the upstream closed the connection", "reset"),
     "upstream_bad_response": (502, "the upstream sent an invalid response", "reset"),
@@ -34,7 +35,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "fault_abort": (0, "fault injected by the route", None),
 }
 # Errors after which the client connection is closed: the stream cannot be trusted.
-CLOSING = frozenset(
+CLOSING: Final = frozenset(
     {
         "bad_request",
         "method_not_allowed",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.dataplane.actions import ANSWER, RouteActions
 from proxy.dataplane.errors import ERRORS, error_response
@@ -46,8 +46,10 @@ from proxy.dataplane.types import BLOCK_CONN, Client
 from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
+_random: Final = random.random  # a static in the compiled build, not a global lookup
+
 if TYPE_CHECKING:
-    from proxy.routing.table import CompiledRoute
+    from proxy.routing.table import CompiledRoute, RoutingTable
 
 
 class Exchange(RouteActions):
@@ -110,7 +112,7 @@ class Exchange(RouteActions):
     # --- decision (at head time, before any body byte is read) ------------------------------
     def prepare(
         self,
-        table,
+        table: RoutingTable,
         decide_headers: Mapping[str, str],
         expect: bytes | None,
         listener: str = "default",
@@ -121,7 +123,7 @@ class Exchange(RouteActions):
             req.target.decode("latin-1"),
             decide_headers,
             req.client_ip,
-            random.random(),
+            _random(),
             listener,
         )
         self.route = route = d.route

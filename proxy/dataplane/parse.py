@@ -14,12 +14,15 @@ from proxy import headers as hdr
 from proxy.config.schema import Limits
 from proxy.dataplane.request import (
     HOST,
+    HTTP10,
     MAX_FIELD,
     MAX_HEADERS,
     MAX_HEADERS_TOTAL,
     MAX_LINE,
     NONE,
     SPECIAL,
+    UNDERSCORE,
+    UNKNOWN_VERSION,
     Reject,
     Request,
     absolute_form,
@@ -44,6 +47,7 @@ class RequestHeadParser:
     url_done: bool
     valid_host: bytes  # the last Host value that passed the syntax check
     scheme: bytes  # b"http" | b"https": the listener's, the X-Forwarded-Proto to send
+    version_hint: int  # what check_request_line read of the request being parsed
 
     def on_message_begin(self) -> None:
         self.in_head = True
@@ -79,7 +83,7 @@ class RequestHeadParser:
         if self.fields > MAX_HEADERS or size > MAX_FIELD or self.hsize > MAX_HEADERS_TOTAL:
             raise Reject("headers_too_large")
         lname = name.lower()
-        if b"_" in lname:
+        if UNDERSCORE in lname:  # an int: `b"_" in` would raise and catch a TypeError first
             return
         value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
         if lname in SPECIAL:
@@ -123,7 +127,8 @@ class RequestHeadParser:
         """The parsed request (once its head is complete)."""
         p = self.parser
         method = p.get_method()
-        http10 = p.get_http_version() == "1.0"
+        hint, self.version_hint = self.version_hint, UNKNOWN_VERSION
+        http10 = p.get_http_version() == "1.0" if hint == UNKNOWN_VERSION else hint == HTTP10
         cl = self.cl
         url = self.url
         error = framing_error(method, http10, self.hosts, cl, self.te, url, self.looped)

@@ -22,22 +22,23 @@ to one of them goes there too.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Final
 
 from proxy.dataplane.errors import CLOSING
 
 # --- retries ------------------------------------------------------------------------------
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so that a retry can resend it
-UPSTREAM_RESET = "upstream_reset"  # the failure reason of a connection the upstream closed
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT: Final = 64 * 1024  # a body up to this size is kept so that a retry can resend it
+UPSTREAM_RESET: Final = "upstream_reset"  # the failure reason of a connection the upstream closed
 # `retry_on` conditions (proxy.config.schema.RETRY_ON)
-CONNECT_FAILURE = "connect-failure"
-RESET = "reset"
-RETRY_STATUS = {502: "502", 503: "503", 504: "504"}  # an upstream status -> its condition
-PER_TRY_TIMEOUT = "504"  # an expired per_try_timeout counts as a 504 (as in Envoy)
+CONNECT_FAILURE: Final = "connect-failure"
+RESET: Final = "reset"
+RETRY_STATUS: Final = {502: "502", 503: "503", 504: "504"}  # an upstream status -> its condition
+PER_TRY_TIMEOUT: Final = "504"  # an expired per_try_timeout counts as a 504 (as in Envoy)
 # What follows a failed attempt
-NO_RETRY = 0  # answer the client (an error, or the upstream's response)
-RETRY = 1  # try again, on another endpoint when there is one
-RETRY_FRESH = 2  # try again on a new connection (a pooled one the upstream had closed)
+NO_RETRY: Final = 0  # answer the client (an error, or the upstream's response)
+RETRY: Final = 1  # try again, on another endpoint when there is one
+RETRY_FRESH: Final = 2  # try again on a new connection (a pooled one the upstream had closed)
 
 
 def can_retry(
@@ -134,10 +135,10 @@ def response_deadline(
 
 
 # --- failover -------------------------------------------------------------------------------
-NO_HEALTHY = "no_healthy_upstream"  # the version's pool had no usable endpoint
-CONNECT_REFUSED = "upstream_connect_refused"
-FAILOVER_ON = frozenset({NO_HEALTHY, CONNECT_REFUSED})  # the failures a request may leave
-FAILOVER_FIELD = "x-canaryproxy-failover"  # the response field naming `<from>-><to>`
+NO_HEALTHY: Final = "no_healthy_upstream"  # the version's pool had no usable endpoint
+CONNECT_REFUSED: Final = "upstream_connect_refused"
+FAILOVER_ON: Final = frozenset({NO_HEALTHY, CONNECT_REFUSED})  # the failures a request may leave
+FAILOVER_FIELD: Final = "x-canaryproxy-failover"  # the response field naming `<from>-><to>`
 
 
 def failover_to(
@@ -170,10 +171,10 @@ def failover_chain(chain: str, failed: str, to: str) -> str:
 
 # --- framing --------------------------------------------------------------------------------
 # How a response body is delimited to the client
-NO_BODY = 0  # none (1xx, 204, 304, the answer to HEAD)
-LENGTH = 1  # by its Content-Length, forwarded as sent
-CHUNKED = 2  # re-chunked for an HTTP/1.1 client: the upstream sent no length
-UNTIL_CLOSE = 3  # by closing the connection: an HTTP/1.0 client, and no length
+NO_BODY: Final = 0  # none (1xx, 204, 304, the answer to HEAD)
+LENGTH: Final = 1  # by its Content-Length, forwarded as sent
+CHUNKED: Final = 2  # re-chunked for an HTTP/1.1 client: the upstream sent no length
+UNTIL_CLOSE: Final = 3  # by closing the connection: an HTTP/1.0 client, and no length
 
 
 def response_framing(

@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -24,7 +24,7 @@ from proxy.config.schema import Limits, ListenerTls
 from proxy.dataplane.accesslog import AccessLog
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
-from proxy.dataplane.request import Reject, Stop, bare_request, check_request_line
+from proxy.dataplane.request import UNKNOWN_VERSION, Reject, Stop, bare_request, check_request_line
 from proxy.dataplane.rules import lingers
 from proxy.dataplane.timers import ClientTimers
 from proxy.dataplane.tls import TlsListener, watch
@@ -41,8 +41,8 @@ from proxy.dataplane.types import (
 from proxy.dataplane.upstream import Pools
 from proxy.tasks import spawn
 
-BACKLOG = 1024  # as the listen sockets the app binds itself
-CERT_POLL = 1.0  # seconds between looks at the certificate files of TLS listeners
+BACKLOG: Final = 1024  # as the listen sockets the app binds itself
+CERT_POLL: Final = 1.0  # seconds between looks at the certificate files of TLS listeners
 
 
 class Listening:
@@ -91,6 +91,7 @@ class ClientConnection(ClientTimers[Exchange]):
         self.corked: list[bytes] | None = None
         self.valid_host = b""  # the last Host value that passed the syntax check
         self.early = b""  # bytes after an upgrade request's head (to the tunnel, if any)
+        self.version_hint = UNKNOWN_VERSION
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,7 +143,7 @@ class ClientConnection(ClientTimers[Exchange]):
             if self.parsing is None and not began:
                 if self.deadline_kind != "head":
                     self._set_deadline("head", self.limits.header_timeout)  # from 1st byte
-                check_request_line(data)
+                self.version_hint = check_request_line(data)
             self.parser.feed_data(data)
             if self.in_head:
                 self._count_head(began, len(data))
@@ -408,7 +409,7 @@ class ProxyServer:
         if self.access_log is not None:
             self.access_log.log(ex, name, code, seconds)
         goals = self.goals
-        if goals is not None and ex.subset and goals.wants(name):
+        if goals is not None and ex.subset and name in goals.watched:
             goals.observe(
                 name,
                 ex.subset,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from proxy.config.schema import Limits
 from proxy.dataplane.parse import RequestHeadParser
 from proxy.dataplane.types import TimedExchange
 
-LINGER = 5.0  # seconds an error-closed connection drains the client's unread bytes
+LINGER: Final = 5.0  # seconds an error-closed connection drains the client's unread bytes
 
 
 E = TypeVar("E", bound=TimedExchange)

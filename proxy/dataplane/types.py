@@ -64,6 +64,8 @@ class Metrics(Protocol):
 class Goals(Protocol):
     """A/B goal counting (proxy.canary.goals.GoalTracker)."""
 
+    watched: frozenset[str]  # the routes with goals: `wants`, read as data per request
+
     def wants(self, route: str) -> bool: ...
 
     def observe(

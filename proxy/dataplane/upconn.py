@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
-MAX_RESPONSE_HEADERS = 100
-BODY_IDLE_TIMEOUT = 60.0
+MAX_RESPONSE_HEADERS: Final = 100
+BODY_IDLE_TIMEOUT: Final = 60.0
 
 
 class Handler(Protocol):

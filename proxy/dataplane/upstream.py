@@ -22,7 +22,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.config.schema import Config, Upstream
 from proxy.dataplane.rules import CONNECT_REFUSED, NO_HEALTHY
@@ -32,16 +32,16 @@ from proxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
-EJECT_AFTER = 5  # consecutive gateway failures
-EJECT_BASE = 30.0
-EJECT_MAX = 300.0
-PROBE_FIRST = 0.5  # s from a refused connect to the first probe of that endpoint
-PROBE_MAX = 5.0
+EJECT_AFTER: Final = 5  # consecutive gateway failures
+EJECT_BASE: Final = 30.0
+EJECT_MAX: Final = 300.0
+PROBE_FIRST: Final = 0.5  # s from a refused connect to the first probe of that endpoint
+PROBE_MAX: Final = 5.0
 
 # Failure reasons handed to an acquire callback (NO_HEALTHY and CONNECT_REFUSED: from rules,
 # which decides what may fail over).
-OVERLOADED = "overloaded"
-CONNECT_TIMEOUT = "upstream_connect_timeout"
+OVERLOADED: Final = "overloaded"
+CONNECT_TIMEOUT: Final = "upstream_connect_timeout"
 __all__ = ["CONNECT_REFUSED", "CONNECT_TIMEOUT", "NO_HEALTHY", "OVERLOADED", "UPSTREAM_TLS"]
 
 AcquireCallback = Callable[["UpstreamConnection | None", "Endpoint | None", str], None]

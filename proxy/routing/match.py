@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import parse_qsl
 
 from proxy.config.schema import Identity, MatchRule, StringMatch
@@ -189,7 +190,7 @@ def _cookie_check(name: str, sm: StringMatch) -> Check:
     return lambda r: p(r.cookies().get(name))
 
 
-_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PLAIN: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 def _query_check(name: str, sm: StringMatch) -> Check:
@@ -208,7 +209,7 @@ def _query_check(name: str, sm: StringMatch) -> Check:
     return check
 
 
-_IP_CACHE_MAX = 4096
+_IP_CACHE_MAX: Final = 4096
 
 
 def ipv4_int(text: str) -> int | None:

@@ -8,6 +8,7 @@ without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.config.schema import DirectResponse, Fault, HeaderPolicy, Redirect, Retries, Route
 from proxy.routing.match import Check, CompiledRule, Request
@@ -95,7 +96,7 @@ class Decision:
     reason: str  # how the subset was picked (the constants above)
 
 
-NOT_FOUND = Decision(None, None, None, None, NO_ROUTE)
+NOT_FOUND: Final = Decision(None, None, None, None, NO_ROUTE)
 
 
 def split_key_value(cr: CompiledRoute, req: Request) -> str | None:

@@ -7,12 +7,13 @@ when routes name hosts or listeners (proxy.routing.hosts orders each group).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 from proxy.routing.match import HeaderIndex, Request, build_header_index
 from proxy.routing.route import NOT_FOUND, CompiledRoute, Decision, choose
 
 # Fewest exact-header routes for which a scan builds the header index.
-MIN_INDEXED = 4
+MIN_INDEXED: Final = 4
 
 
 class Scan:

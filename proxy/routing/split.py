@@ -27,13 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import floor, isfinite
+from typing import Final
 
 import mmh3
 
 from proxy.config.schema import Config
 from proxy.routing.match import parse_cookies
 
-BUCKETS = 10_000
+BUCKETS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,15 @@ class GoalRelay:
 
     def __init__(self) -> None:
         self._keys: dict[str, tuple[str, str]] = {}
+        self.watched: frozenset[str] = frozenset()  # the routes with goals (read per request)
         self._pending: set[GoalEvent] = set()
 
     def configure(self, config: Config) -> None:
         self._keys = {c.route: key_source(config, c.route) for c in config.canaries if c.goals}
+        self.watched = frozenset(self._keys)
 
     def wants(self, route: str) -> bool:
-        return route in self._keys
+        return route in self.watched
 
     def observe(
         self,

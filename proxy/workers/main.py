@@ -19,6 +19,8 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -98,7 +100,11 @@ class Worker:
 
             self.access_log = AccessLog(self.config.access_log)
         self.server = ProxyServer(
-            lambda: self.table, self.pools, self.metrics, self.access_log, self.config.limits
+            partial(attrgetter("table"), self),  # a C-level getter: no interpreter per request
+            self.pools,
+            self.metrics,
+            self.access_log,
+            self.config.limits,
         )
         if hasattr(self.server, "goals"):
             self.server.goals = self.goals
