@@ -28,6 +28,8 @@ HOT = [  # what the profile of a small request earns (benchmarks/README.md)
     "proxy/dataplane/rules.py",
     "proxy/dataplane/heads.py",
     "proxy/dataplane/timers.py",
+    "proxy/dataplane/clientio.py",
+    "proxy/dataplane/listening.py",
     "proxy/dataplane/upconn.py",
     "proxy/dataplane/upstream.py",
     "proxy/dataplane/errors.py",

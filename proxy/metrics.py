@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "no_healthy")
+_bisect_left: Final = bisect_left  # statics in the compiled build, not global lookups
+_FINE: Final = FINE_BUCKETS
 
 
 class ProxyMetrics:
@@ -150,7 +152,7 @@ class ProxyMetrics:
         if s is None:
             s = self._series[(route, version)] = Series(route, service or route, version)
         s.codes[code] = s.codes.get(code, 0) + 1
-        i = bisect_left(FINE_BUCKETS, seconds)
+        i = _bisect_left(_FINE, seconds)
         s.counts[i] += 1
         s.touched.add(i)  # for the next worker report: ~15 ns here, no scan of ~380 there
         s.sum += seconds

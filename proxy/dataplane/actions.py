@@ -142,7 +142,9 @@ class RouteActions(ResponseStream):
             return False
         self._count_failed(reason)
         self.failover = failover_chain(self.failover, self.subset, to)
-        self.subset, self.pool = to, pools.pool(to)
+        pool = pools.pool(to)
+        assert pool is not None  # `to` is one of `usable`
+        self.subset, self.pool = to, pool
         host = route.rewrite.host if route.rewrite is not None else None
         self.policy = policy = forward_policy(route, to, host, self.failover)
         self.head = request_head(self.req, policy)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy.dataplane.actions import ANSWER, RouteActions
+from proxy.dataplane.clientio import ClientIO
 from proxy.dataplane.errors import ERRORS, error_response
 from proxy.dataplane.heads import chunk, policy_for, request_head
 from proxy.dataplane.heads import nominated as _nominated  # noqa: F401  (tests read it here)
@@ -42,7 +43,7 @@ from proxy.dataplane.rules import (
     retry_after_status,
 )
 from proxy.dataplane.tunnel import switch, upgrade_fields, upgrade_of
-from proxy.dataplane.types import BLOCK_CONN, Client
+from proxy.dataplane.types import BLOCK_CONN
 from proxy.dataplane.upconn import UpstreamConnection
 from proxy.dataplane.upstream import CONNECT_REFUSED, CONNECT_TIMEOUT, Endpoint, UpstreamPool
 
@@ -71,7 +72,7 @@ class Exchange(RouteActions):
         "upgrade",
     )
 
-    def __init__(self, client: Client, req: Request) -> None:
+    def __init__(self, client: ClientIO[Any], req: Request) -> None:
         self.client = client
         self.loop = client.loop
         self.t0 = self.loop.time()

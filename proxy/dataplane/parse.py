@@ -8,7 +8,7 @@ an underscore is dropped (as nginx does). The state lives on the connection.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from proxy import headers as hdr
 from proxy.config.schema import Limits
@@ -32,7 +32,7 @@ from proxy.dataplane.request import (
     valid_authority,
 )
 
-_new_request = Request.__new__  # object.__new__ in pure Python; the native one compiled
+_new_request: Final = Request.__new__  # object.__new__ in pure Python; the native one compiled
 
 
 class RequestHeadParser:

@@ -7,10 +7,10 @@ absolute-form targets, request ids, and the `Request` record a parsed head becom
 
 from __future__ import annotations
 
+import binascii
+import random
 import re
-from binascii import hexlify
 from dataclasses import dataclass
-from random import getrandbits
 from typing import Final
 
 from proxy.headers import VIA, Header
@@ -35,9 +35,12 @@ class Stop(Exception):
 def new_request_id() -> bytes:
     """A uuid4-format hex id; random.getrandbits avoids a urandom syscall per request, and
     hexlify of its 16 bytes costs less than `%032x` formatting of the int."""
-    return hexlify((getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16, "big"))
+    return _hexlify((_getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16, "big"))
 
 
+# Final: statics in the compiled build (an imported name is a dict lookup per call)
+_getrandbits: Final = random.getrandbits
+_hexlify: Final = binascii.hexlify
 _UUID4_MASK: Final = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
 _UUID4_BITS: Final = 0x4000 << 64 | 0x8000 << 48
 

@@ -22,18 +22,18 @@ import httptools
 
 from proxy.config.schema import Limits, ListenerTls
 from proxy.dataplane.accesslog import AccessLog
+from proxy.dataplane.clientio import ClientIO
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.listening import Listening, ServerState
 from proxy.dataplane.request import UNKNOWN_VERSION, Reject, Stop, bare_request, check_request_line
 from proxy.dataplane.rules import lingers
-from proxy.dataplane.timers import ClientTimers
 from proxy.dataplane.tls import TlsListener, watch
 from proxy.dataplane.tunnel import BLOCK_SWITCH, http_again
 from proxy.dataplane.types import (
     BLOCK_CONN,
     BLOCK_PIPE,
     BLOCK_UP,
-    Goals,
     LazyHeaders,
     Metrics,
     header_dict,
@@ -43,20 +43,10 @@ from proxy.tasks import spawn
 
 BACKLOG: Final = 1024  # as the listen sockets the app binds itself
 CERT_POLL: Final = 1.0  # seconds between looks at the certificate files of TLS listeners
+_LazyHeaders: Final = LazyHeaders  # a static in the compiled build, not a global lookup
 
 
-class Listening:
-    """One listener being served: its config name, the port it is bound to, its scheme."""
-
-    __slots__ = ("name", "port", "scheme")
-
-    def __init__(self, name: str, scheme: str = "http") -> None:
-        self.name = name
-        self.port = 0
-        self.scheme = scheme  # "https" on a TLS listener: X-Forwarded-Proto and redirects
-
-
-class ClientConnection(ClientTimers[Exchange]):
+class ClientConnection(ClientIO[Exchange]):
     def __init__(self, server: ProxyServer, listening: Listening | None = None) -> None:
         self.server = server
         self.listening = listening or Listening("default")
@@ -162,58 +152,6 @@ class ClientConnection(ClientTimers[Exchange]):
             elif not isinstance(ctx, Stop):
                 self.reject("bad_request")
 
-    # --- writing -----------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self.corked is not None:
-            self.corked.append(data)
-        elif not self.closed:
-            self.transport.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        if self.corked is not None:
-            self.corked.extend(parts)
-        elif not self.closed:
-            self.transport.writelines(parts)
-
-    def cork(self) -> None:
-        """Collect writes until `uncork`: one upstream read becomes one send to the client."""
-        if self.corked is None:
-            self.corked = []
-
-    def uncork(self) -> None:
-        out, self.corked = self.corked, None
-        if out and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def abort(self) -> None:
-        self.uncork()  # what was received before the failure still reaches the client
-        self.closing = True
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()  # also ends a lingering close
-
-    def block_read(self, bit: int) -> None:
-        if not self.blocks and not self.closed:
-            self.transport.pause_reading()
-        self.blocks |= bit
-
-    def unblock_read(self, bit: int) -> None:
-        if self.blocks & bit:
-            self.blocks &= ~bit
-            if not self.blocks and not self.closed and not self.closing:
-                self.transport.resume_reading()
-
-    def _stop_reading(self) -> None:
-        self.closing = True
-        if not self.closed:
-            self.transport.pause_reading()
-
-    def local_authority(self) -> str:
-        """host:port this connection was accepted on (a redirect's authority without Host)."""
-        name = self.transport.get_extra_info("sockname") if self.transport else None
-        host = str(name[0]) if name else "localhost"
-        return f"[{host}]:{self.listening.port}" if ":" in host else f"{host}:{self.listening.port}"
-
     # --- pipeline ----------------------------------------------------------------------------
     def finished(self, ex: Exchange) -> None:
         """`ex` wrote its whole response (or gave up): close or go on with the next request."""
@@ -277,7 +215,7 @@ class ClientConnection(ClientTimers[Exchange]):
         ex = Exchange(self, self._request())
         if ex.local is None:
             ex.prepare(
-                self.server.get_table(), LazyHeaders(self.headers), self.expect, self.listener
+                self.server.get_table(), _LazyHeaders(self.headers), self.expect, self.listener
             )
         if not ex.req_done:  # a body follows
             self.parsing = ex
@@ -311,7 +249,7 @@ class ClientConnection(ClientTimers[Exchange]):
             self._stop_reading()
 
 
-class ProxyServer:
+class ProxyServer(ServerState):
     """The listening side of the data plane."""
 
     def __init__(
@@ -322,22 +260,12 @@ class ProxyServer:
         access_log: AccessLog | None,
         limits: Limits,
     ) -> None:
-        self.get_table = get_table
-        self.pools = pools
-        self.metrics = metrics
-        self.access_log = access_log
-        self.limits = limits
-        self.goals: Goals | None = None  # set by App when canaries have A/B goals
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
-        self.connections: set[ClientConnection] = set()
-        self.in_flight = 0
-        self.draining = False
+        super().__init__(get_table, pools, metrics, access_log, limits)
         self.port = 0  # the first listener's
         self.ports: dict[str, int] = {}  # listener name -> port
         self.tls: dict[str, TlsListener] = {}  # TLS listener name -> its contexts
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
-        self.tunnels: set[Any] = set()  # dataplane.tunnel.Tunnel: upgraded connections
 
     async def start(
         self,

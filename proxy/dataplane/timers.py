@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from proxy.config.schema import Limits
+from proxy.dataplane.listening import ServerState
 from proxy.dataplane.parse import RequestHeadParser
 from proxy.dataplane.types import TimedExchange
 
@@ -26,7 +27,7 @@ class ClientTimers(RequestHeadParser, Generic[E]):
     """Deadline handling of a client connection; the state lives on the connection."""
 
     # Set by ClientConnection.__init__ (declared here for the type checker).
-    server: Any
+    server: ServerState
     loop: asyncio.AbstractEventLoop
     limits: Limits
     transport: asyncio.Transport

@@ -13,7 +13,7 @@ The rules it keeps:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -23,7 +23,9 @@ from proxy.dataplane.heads import NONE, nominated
 from proxy.dataplane.request import Request
 
 NEVER_TUNNELLED = frozenset({b"h2c"})  # HTTP/2 cleartext upgrade: served as plain HTTP/1.1
-BLOCK_SWITCH = 8  # a client-read block bit (as types.BLOCK_*): waiting for the upgrade's answer
+BLOCK_SWITCH: Final = (
+    8  # a client-read block bit (as types.BLOCK_*): waiting for the upgrade's answer
+)
 
 
 def upgrade_of(req: Request) -> bytes | None:

@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from proxy import headers as hdr
-from proxy.config.schema import Limits
 
 # Why a client connection's reads are paused (bits, set and cleared independently):
 # BLOCK_UP - the upstream is slower than the client (body backpressure);
 # BLOCK_PIPE - a pipelined request waits for the exchange ahead of it;
 # BLOCK_CONN - the body waits for an upstream connection.
-BLOCK_UP, BLOCK_PIPE, BLOCK_CONN = 1, 2, 4
-
-
-class Client(Protocol):
-    """What an exchange needs of its client connection (dataplane.server.ClientConnection).
-
-    The exchange and the connection call each other; this protocol lets the exchange
-    name the connection without importing the server module."""
-
-    server: Any
-    loop: asyncio.AbstractEventLoop
-    limits: Limits
-    listening: Any  # dataplane.server.Listening: the listener's name and bound port
-    queue: deque[Any]  # its exchanges, in pipeline order
-    requests: int
-    closing: bool  # no further request is read
-    write_paused: bool
-    corked: list[bytes] | None
-    resp_ex: Any
-
-    def write(self, data: bytes) -> None: ...
-    def writelines(self, parts: list[bytes]) -> None: ...
-    def uncork(self) -> None: ...
-    def abort(self) -> None: ...
-    def block_read(self, bit: int) -> None: ...
-    def unblock_read(self, bit: int) -> None: ...
-    def finished(self, ex: Any) -> None: ...
-    def watch_response(self, ex: Any, deadline: float) -> None: ...
-    def local_authority(self) -> str: ...
+BLOCK_UP: Final = 1
+BLOCK_PIPE: Final = 2
+BLOCK_CONN: Final = 4
 
 
 class TimedExchange(Protocol):

@@ -16,16 +16,15 @@ from proxy.routing.rewrite import PathRewrite
 from proxy.routing.split import Weighted, bucket_of, mirror_hit, pick_hash, pick_random
 
 # Decision.reason values: how the subset was picked (or what the route does instead).
-WEIGHTS, HASH, STICKY, PREVIEW, CANARY_MATCH, NO_WEIGHT, NO_ROUTE = (
-    "weights",
-    "hash",
-    "sticky",
-    "preview",
-    "canary_match",
-    "no_weight",
-    "no_route",
-)
-REDIRECT, DIRECT_RESPONSE = "redirect", "direct_response"
+WEIGHTS: Final = "weights"
+HASH: Final = "hash"
+STICKY: Final = "sticky"
+PREVIEW: Final = "preview"
+CANARY_MATCH: Final = "canary_match"
+NO_WEIGHT: Final = "no_weight"
+NO_ROUTE: Final = "no_route"
+REDIRECT: Final = "redirect"
+DIRECT_RESPONSE: Final = "direct_response"
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)

@@ -35,6 +35,7 @@ from proxy.config.schema import Config
 from proxy.routing.match import parse_cookies
 
 BUCKETS: Final = 10_000
+_bisect_right: Final = bisect_right  # a static in the compiled build, not a global lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ def pick_random(wt: Weighted, rnd: float) -> str | None:
         return None
     x = rnd * wt.total if rnd > 0.0 else 0.0
     # bisect_right skips zero-weight subsets: their cumulative sum equals the previous one.
-    i = bisect_right(wt.cumulative, x)
+    i = _bisect_right(wt.cumulative, x)
     return wt.subsets[i if i < wt.last else wt.last]
 
 
