@@ -31,6 +31,7 @@ HOT = [  # what the profile of a small request earns (benchmarks/README.md)
     "proxy/dataplane/clientio.py",
     "proxy/dataplane/listening.py",
     "proxy/dataplane/upconn.py",
+    "proxy/dataplane/mirror.py",
     "proxy/dataplane/upstream.py",
     "proxy/dataplane/errors.py",
     "proxy/headers.py",

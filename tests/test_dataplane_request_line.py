@@ -64,3 +64,26 @@ def test_request_ids_are_uuid4_hex_and_differ() -> None:
     assert len(ids) == 1000
     for rid in ids:
         assert re.fullmatch(rb"[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}", rid), rid
+
+
+def test_request_ids_span_batches_and_a_forked_child_makes_its_own() -> None:
+    import os
+
+    first = [new_request_id() for _ in range(300)]  # more than one batch of 256
+    assert len(set(first)) == 300
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(r)
+        os.write(w, b"".join(new_request_id() for _ in range(10)))
+        os._exit(0)
+    os.close(w)
+    child = b""
+    while chunk := os.read(r, 4096):
+        child += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    parent = [new_request_id() for _ in range(10)]
+    child_ids = [child[i : i + 32] for i in range(0, len(child), 32)]
+    assert len(child_ids) == 10
+    assert not set(child_ids) & set(parent)

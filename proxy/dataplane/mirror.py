@@ -11,7 +11,7 @@ import asyncio
 
 from proxy.dataplane.heads import chunk
 from proxy.dataplane.request import Request
-from proxy.dataplane.upconn import UpstreamConnection
+from proxy.dataplane.upconn import Handler, UpstreamConnection
 from proxy.dataplane.upstream import Endpoint, UpstreamPool
 
 
@@ -30,7 +30,9 @@ def mirror_payload(
     return payload
 
 
-class MirrorExchange:
+class MirrorExchange(Handler):
+    """One copy in flight: its answer is read and dropped (Handler's no-op defaults)."""
+
     def __init__(self, pool: UpstreamPool, payload: list[bytes], timeout: float) -> None:
         self.pool = pool
         self.payload = payload  # request head and framed body, ready to write
@@ -70,23 +72,8 @@ class MirrorExchange:
     ) -> bool:
         return False
 
-    def up_body(self, data: bytes) -> None:
-        pass
-
     def up_done(self, reusable: bool) -> None:
         self._end(reusable)
 
     def up_failed(self, reason: str, got_bytes: bool) -> None:
         self._end(False)
-
-    def up_pause(self) -> None:
-        pass
-
-    def up_cork(self) -> None:
-        pass
-
-    def up_uncork(self) -> None:
-        pass
-
-    def up_resume(self) -> None:
-        pass

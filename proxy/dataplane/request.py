@@ -8,6 +8,7 @@ absolute-form targets, request ids, and the `Request` record a parsed head becom
 from __future__ import annotations
 
 import binascii
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -33,16 +34,46 @@ class Stop(Exception):
 
 
 def new_request_id() -> bytes:
-    """A uuid4-format hex id; random.getrandbits avoids a urandom syscall per request, and
-    hexlify of its 16 bytes costs less than `%032x` formatting of the int."""
-    return _hexlify((_getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16, "big"))
+    """A uuid4-format hex id, cut from a batch: `_RequestIds`."""
+    return _IDS.next()
 
 
+class _RequestIds:
+    """uuid4 ids made 256 at a time: random bytes (`random.randbytes`, no urandom syscall)
+    with the version and variant bits set, hexlified in one call; each id is then one slice.
+    Per request that is a fifth of making and formatting a 128-bit int."""
+
+    def __init__(self) -> None:
+        self.hex = b""
+        self.at = 0
+
+    def reset(self) -> None:
+        """A forked worker makes its own batch, never the rest of its parent's."""
+        self.hex = b""
+        self.at = 0
+
+    def next(self) -> bytes:
+        at = self.at
+        if at >= len(self.hex):
+            self._refill()
+            at = 0
+        self.at = at + 32
+        return self.hex[at : at + 32]
+
+    def _refill(self) -> None:
+        raw = bytearray(_randbytes(16 * _ID_BATCH))
+        for i in range(0, len(raw), 16):
+            raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
+            raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # variant RFC 4122
+        self.hex = _hexlify(raw)
+
+
+_ID_BATCH: Final = 256
 # Final: statics in the compiled build (an imported name is a dict lookup per call)
-_getrandbits: Final = random.getrandbits
+_randbytes: Final = random.randbytes
 _hexlify: Final = binascii.hexlify
-_UUID4_MASK: Final = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
-_UUID4_BITS: Final = 0x4000 << 64 | 0x8000 << 48
+_IDS: Final = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reset)
 
 
 def absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
@@ -90,8 +121,9 @@ def check_request_line(data: bytes) -> int:
     asked: its `get_http_version` formats a str per call).
     """
     start = 0
-    while data.startswith(b"\r\n", start):
-        start += 2  # empty lines before a request are allowed (RFC 9112 §2.2)
+    if data and data[0] == 13:  # CR: empty lines before a request are allowed (RFC 9112 §2.2)
+        while data.startswith(b"\r\n", start):
+            start += 2
     end = data.find(b"\r\n", start)
     if end <= 0:
         return UNKNOWN_VERSION

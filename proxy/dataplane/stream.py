@@ -18,13 +18,13 @@ from proxy.dataplane.heads import NONE
 from proxy.dataplane.heads import nominated as _nominated
 from proxy.dataplane.request import Request
 from proxy.dataplane.rules import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE
-from proxy.dataplane.upconn import BODY_IDLE_TIMEOUT, UpstreamConnection
+from proxy.dataplane.upconn import BODY_IDLE_TIMEOUT, Handler, UpstreamConnection
 from proxy.dataplane.upstream import UpstreamPool
 
 _status_line: Final = status_line  # a static in the compiled build, not a global lookup
 
 
-class ResponseStream:
+class ResponseStream(Handler):
     __slots__ = (
         "client",
         "loop",

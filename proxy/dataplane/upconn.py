@@ -19,8 +19,12 @@ MAX_RESPONSE_HEADERS: Final = 100
 BODY_IDLE_TIMEOUT: Final = 60.0
 
 
-class Handler(Protocol):
-    """What a connection reports to the request it serves."""
+class Handler:
+    """What a connection reports to the request it serves: the base of the exchange's
+    response side (stream.ResponseStream) and of a mirror copy (mirror.MirrorExchange). A
+    native base in the compiled build: the connection's calls to it are direct."""
+
+    __slots__ = ()
 
     def up_headers(
         self, status: int, headers: list, length: bytes | None, connection: list[bytes]
@@ -29,15 +33,28 @@ class Handler(Protocol):
 
         `length`: the Content-Length value if any; `connection`: the Connection values.
         """
-        ...
+        raise NotImplementedError
 
-    def up_body(self, data: bytes) -> None: ...
-    def up_done(self, reusable: bool) -> None: ...
-    def up_failed(self, reason: str, got_bytes: bool) -> None: ...
-    def up_pause(self) -> None: ...
-    def up_cork(self) -> None: ...
-    def up_uncork(self) -> None: ...
-    def up_resume(self) -> None: ...
+    def up_done(self, reusable: bool) -> None:
+        raise NotImplementedError
+
+    def up_failed(self, reason: str, got_bytes: bool) -> None:
+        raise NotImplementedError
+
+    def up_body(self, data: bytes) -> None:
+        """A piece of the response body (dropped unless overridden)."""
+
+    def up_pause(self) -> None:
+        """The connection's writes are backed up (nothing to do unless overridden)."""
+
+    def up_resume(self) -> None:
+        """They drained again."""
+
+    def up_cork(self) -> None:
+        """A read from the upstream begins: its callbacks' writes may be collected."""
+
+    def up_uncork(self) -> None:
+        """The read ended: what was collected goes out."""
 
 
 class ConnPool(Protocol):
