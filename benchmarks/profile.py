@@ -1,10 +1,17 @@
-"""`python -m benchmarks.profile [--scenario small] [--seconds 10]`: where our CPU goes.
+"""`python -m benchmarks.profile [--scenario small] [--seconds 10] [--sampler perf|py-spy]`.
 
-Starts the upstream pair and our proxy (pinned as in the benchmark), drives it with wrk at
-64 connections and samples it with py-spy (`pip install py-spy`; needs ptrace rights).
-Writes the collapsed stacks (`profile-<scenario>.txt`, for flamegraph tools) and prints the
-share of samples per part of the request path: the own (leaf) time of each function,
-grouped by the file it lives in, plus the top leaf functions.
+Where our CPU goes. Starts the upstream pair and our proxy (pinned as in the benchmark),
+drives it with wrk at 64 connections and samples it.
+
+- The compiled build is sampled with `perf record --call-graph dwarf` (Debian `linux-perf`;
+  root, or `kernel.perf_event_paranoid` <= 1): compiled frames are C frames, and perf reads
+  them without stopping the process. The report is `benchmarks.perf_report` (the raw
+  `perf script` text is kept as `perf-<scenario>.txt`).
+- The pure build is sampled with py-spy (`pip install py-spy`; needs ptrace rights): its
+  collapsed stacks (`profile-<scenario>.txt`, for flamegraph tools), the share of samples
+  per phase of the request path, own time per file and per function. `--sampler py-spy` on
+  a compiled build adds `--native` (py-spy then stops the process for every sample: the
+  proxy slows down many times over, so the shares are not a profile to act on).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import procs, proxies, scenarios, wrk
+from benchmarks import perf_report, procs, proxies, scenarios, wrk
 from benchmarks.run import DEFAULT_OUT
 
 NATIVE: list[str] = []  # ["--native"] also samples C frames (uvloop, httptools, the kernel entry)
@@ -180,11 +187,16 @@ def _short(text: str) -> str:
     return text
 
 
-def run(scenario: str, seconds: int, out: Path) -> str:
+def record_perf(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
+    cmd = ["perf", "record", "-F", "1000", "--call-graph", "dwarf,8192", "-p", str(pid)]
+    cmd += ["-o", str(out), "--", "sleep", str(seconds)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def run(scenario: str, seconds: int, out: Path, sampler: str = "py-spy") -> str:
     procs.install_cleanup()
     s = scenarios.by_name((scenario,))[0]
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / f"profile-{scenario}.txt"
     with tempfile.TemporaryDirectory(prefix="canaryproxy-prof-") as tmp:
         d = Path(tmp)
         up_proc, up = proxies.start_upstreams(d)
@@ -194,17 +206,30 @@ def run(scenario: str, seconds: int, out: Path) -> str:
             script.write_text(scenarios.wrk_script(s))
             url = f"http://127.0.0.1:{ours.port}{s.path}"
             wrk.run(url, 64, 1, script, s.headers)
-            spy = record(ours.proc.pid, seconds, raw)
+            if sampler == "perf":
+                spy = record_perf(ours.proc.pid, seconds, d / "perf.data")
+            else:
+                spy = record(ours.proc.pid, seconds, out / f"profile-{scenario}.txt")
             time.sleep(0.5)
             res = wrk.run(url, 64, seconds, script, s.headers)
             _, err = spy.communicate(timeout=seconds + 30)
             if spy.returncode != 0:
-                raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
+                raise RuntimeError(f"{sampler} failed: {err.decode()[-500:]}")
+            if sampler == "perf":
+                text = subprocess.run(
+                    ["perf", "script", "-F", "ip,sym,dso", "-i", str(d / "perf.data")],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                (out / f"perf-{scenario}.txt").write_text(text)
         finally:
             procs.stop(ours.proc)
             procs.stop(up_proc)
-    head = f"{scenario}: {res.rps:,.0f} rps at 64 connections while sampled (py-spy slows it)"
-    return head + "\n" + summarize(raw.read_text())
+    head = f"{scenario}: {res.rps:,.0f} rps at 64 connections while sampled ({sampler})"
+    if sampler == "perf":
+        return head + "\n" + perf_report.summarize(text.splitlines())
+    return head + "\n" + summarize((out / f"profile-{scenario}.txt").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,18 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", default="small")
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--native", action="store_true", help="sample C frames too (slower)")
+    p.add_argument("--sampler", choices=("perf", "py-spy"), help="default: by the build")
+    p.add_argument("--native", action="store_true", help="py-spy: sample C frames too (slow)")
     args = p.parse_args(argv)
     from proxy.build import build
 
-    if args.native or build() == "compiled":
+    sampler = args.sampler or ("perf" if build() == "compiled" else "py-spy")
+    if sampler == "py-spy" and (args.native or build() == "compiled"):
         # a compiled hot path runs as C: without native frames py-spy sees none of it
         NATIVE.append("--native")
-        print(f"profiling the {build()} build with native frames (py-spy --native)")
-    if not shutil.which("py-spy"):
-        print("py-spy not found: pip install py-spy", file=sys.stderr)
+    tool = "perf" if sampler == "perf" else "py-spy"
+    if not shutil.which(tool):
+        hint = "apt-get install linux-perf" if tool == "perf" else "pip install py-spy"
+        print(f"{tool} not found: {hint}", file=sys.stderr)
         return 1
-    print(run(args.scenario, args.seconds, args.out))
+    print(f"profiling the {build()} build with {sampler}{' --native' if NATIVE else ''}")
+    print(run(args.scenario, args.seconds, args.out, sampler))
     return 0
 
 
