@@ -32,6 +32,7 @@ HOT = [  # what the profile of a small request earns (benchmarks/README.md)
     "proxy/dataplane/listening.py",
     "proxy/dataplane/upconn.py",
     "proxy/dataplane/mirror.py",
+    "proxy/dataplane/fields.py",
     "proxy/dataplane/upstream.py",
     "proxy/dataplane/errors.py",
     "proxy/headers.py",

@@ -75,7 +75,8 @@ class Exchange(RouteActions):
     def __init__(self, client: ClientIO[Any], req: Request) -> None:
         self.client = client
         self.loop = client.loop
-        self.t0 = self.loop.time()
+        self.now = client.now
+        self.t0 = self.now()
         self.seq = client.requests  # position on its client connection
         self.req = req
         self.local = req.error  # reason of a proxy-made answer (a framing error), else None
@@ -213,11 +214,17 @@ class Exchange(RouteActions):
     def _attempt(self, fresh: bool) -> None:
         route = self.route
         assert route is not None  # routed (prepare): see `local`
-        if self.loop.time() - self.t0 >= route.timeout > 0:
+        if self.now() - self.t0 >= route.timeout > 0:
             self.fail("upstream_timeout")  # the route's timeout covers every attempt
             return
         # An upgrade never shares a connection: after a 101 it is the tunnel's.
-        self.pool.acquire(self._on_conn, self.ep, fresh or self.upgrade is not None)
+        fresh = fresh or self.upgrade is not None
+        if not fresh:  # the common case, without the callback: an idle connection now
+            conn = self.pool.take_idle(self.ep)
+            if conn is not None:
+                self._on_conn(conn, conn.endpoint, "")
+                return
+        self.pool.acquire(self._on_conn, self.ep, fresh)
 
     def _on_conn(self, conn: UpstreamConnection | None, ep: Endpoint | None, reason: str) -> None:
         route = self.route
@@ -233,7 +240,7 @@ class Exchange(RouteActions):
         conn.attach(self)
         self._send_head(conn)
         deadline, self.per_try = response_deadline(
-            self.t0, self.loop.time(), route.timeout, route.retries.per_try_timeout
+            self.t0, self.now(), route.timeout, route.retries.per_try_timeout
         )
         client = self.client
         client.watch_response(self, deadline)

@@ -25,6 +25,7 @@ from proxy.dataplane.accesslog import AccessLog
 from proxy.dataplane.clientio import ClientIO
 from proxy.dataplane.errors import CLOSING
 from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.fields import as_mapping, header_dict
 from proxy.dataplane.listening import Listening, ServerState
 from proxy.dataplane.request import UNKNOWN_VERSION, Reject, Stop, bare_request, check_request_line
 from proxy.dataplane.rules import lingers
@@ -34,16 +35,13 @@ from proxy.dataplane.types import (
     BLOCK_CONN,
     BLOCK_PIPE,
     BLOCK_UP,
-    LazyHeaders,
     Metrics,
-    header_dict,
 )
 from proxy.dataplane.upstream import Pools
 from proxy.tasks import spawn
 
 BACKLOG: Final = 1024  # as the listen sockets the app binds itself
 CERT_POLL: Final = 1.0  # seconds between looks at the certificate files of TLS listeners
-_LazyHeaders: Final = LazyHeaders  # a static in the compiled build, not a global lookup
 
 
 class ClientConnection(ClientIO[Exchange]):
@@ -53,6 +51,7 @@ class ClientConnection(ClientIO[Exchange]):
         self.listener = self.listening.name  # what routing reads, once per request
         self.scheme = self.listening.scheme.encode()  # the X-Forwarded-Proto to send
         self.loop = server.loop
+        self.now = self.loop.time  # bound once: no method lookup per call
         self.limits = server.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.peer = ""
@@ -215,7 +214,7 @@ class ClientConnection(ClientIO[Exchange]):
         ex = Exchange(self, self._request())
         if ex.local is None:
             ex.prepare(
-                self.server.get_table(), _LazyHeaders(self.headers), self.expect, self.listener
+                self.server.get_table(), as_mapping(self.headers), self.expect, self.listener
             )
         if not ex.req_done:  # a body follows
             self.parsing = ex

@@ -9,6 +9,7 @@ cannot take more). A body that outlives one read is watched for inactivity.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Final
 
 from proxy import headers as hdr
@@ -28,6 +29,7 @@ class ResponseStream(Handler):
     __slots__ = (
         "client",
         "loop",
+        "now",
         "t0",
         "seq",
         "req",
@@ -48,6 +50,7 @@ class ResponseStream(Handler):
     # Set by Exchange.__init__ (declared here for the type checker).
     client: ClientIO[Any]
     loop: asyncio.AbstractEventLoop
+    now: Callable[[], float]  # the client connection's loop.time
     t0: float  # loop time the request head was complete
     seq: int  # position on its client connection
     req: Request
@@ -190,6 +193,6 @@ class ResponseStream(Handler):
             return
         self.done = True
         self._cancel_timer()
-        seconds = self.loop.time() - self.t0
+        seconds = self.now() - self.t0
         self.client.server.record(self, code, seconds)
         self.client.finished(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 from proxy.config.schema import Limits
@@ -29,6 +30,7 @@ class ClientTimers(RequestHeadParser, Generic[E]):
     # Set by ClientConnection.__init__ (declared here for the type checker).
     server: ServerState
     loop: asyncio.AbstractEventLoop
+    now: Callable[[], float]  # loop.time, bound once per connection
     limits: Limits
     transport: asyncio.Transport
     queue: deque[E]
@@ -78,7 +80,7 @@ class ClientTimers(RequestHeadParser, Generic[E]):
 
     def _set_deadline(self, kind: str | None, seconds: float) -> None:
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
+        self.deadline = self.now() + seconds
         if self.timer is None and kind is not None:
             self.timer = self.loop.call_later(min(seconds, self.period), self._tick)
 

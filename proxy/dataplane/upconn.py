@@ -109,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.endpoint = endpoint
         self.loop = pool._loop  # made inside the running loop (UpstreamPool._open)
+        self.now = self.loop.time  # bound once: no method lookup per read
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.parser = httptools.HttpResponseParser(self)
         self.handler: Handler | None = None
@@ -140,7 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reusable = True
         if self._paused:  # the previous client may have paused us just before the end
             self.resume_reading()
-        self.last_read = self.loop.time()
+        self.last_read = self.now()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -212,7 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the stream is out of sync
             return
         self.got_bytes = True
-        self.last_read = self.loop.time()
+        self.last_read = self.now()
         handler = self.handler
         handler.up_cork()
         try:

@@ -118,6 +118,29 @@ class UpstreamPool:
         self.in_flight += 1
         self._give(ep, cb, fresh, now)
 
+    def take_idle(self, exclude: Endpoint | None = None) -> UpstreamConnection | None:
+        """`acquire`'s common case as a plain call: a usable idle connection of the next
+        endpoint, its slot taken; None when the request must go through `acquire` (a
+        limit, no endpoint, nothing idle there), and then nothing changed but unusable
+        idle connections closed."""
+        if self.in_flight >= self.upstream.max_requests:
+            return None
+        now = (self._loop_ or self._loop).time()
+        rr = self._rr
+        ep = self._pick(exclude, now)
+        if ep is None:
+            return None
+        idle = ep.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now, self.upstream.idle_timeout):
+                ep.active += 1
+                self.in_flight += 1
+                return conn
+            conn.close()
+        self._rr = rr  # `acquire` picks this endpoint again
+        return None
+
     def _give(
         self, ep: Endpoint, cb: AcquireCallback, fresh: bool = False, now: float = 0.0
     ) -> None:
