@@ -201,6 +201,21 @@ def add_response_lines(
         parts.append(b"Set-Cookie: " + set_cookie.encode("latin-1") + b"\r\n")
 
 
+def lower_name(name: bytes) -> bytes:
+    """`name.lower()`, and the same object for the same field name: its hash is then computed
+    once, so the set and dict lookups that follow on the hot path hash nothing. Bounded: a
+    client inventing names empties the cache now and then."""
+    low = _LOWER.get(name)
+    if low is None:
+        if len(_LOWER) >= 1024:
+            _LOWER.clear()
+        low = _LOWER[name] = name.lower()
+    return low
+
+
+_LOWER: Final[dict[bytes, bytes]] = {}
+
+
 def forwarded_for(existing: bytes | None, peer: str) -> bytes:
     """X-Forwarded-For with the peer appended (incoming values kept, as nginx/Envoy)."""
     if existing:

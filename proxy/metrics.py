@@ -19,7 +19,6 @@ counters, the families at scrape time), metrics_history (the status rates window
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -68,8 +67,20 @@ __all__ = [
 ]
 
 UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "no_healthy")
-_bisect_left: Final = bisect_left  # statics in the compiled build, not global lookups
-_FINE: Final = FINE_BUCKETS
+_FINE: Final = list(FINE_BUCKETS)  # a static in the compiled build, not a global lookup
+
+
+def bucket_index(seconds: float) -> int:
+    """`bisect_left(FINE_BUCKETS, seconds)`, as a loop the compiled build runs on C doubles
+    (bisect compares Python floats through the generic protocol, ~9 times per request)."""
+    lo, hi = 0, len(_FINE)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _FINE[mid] < seconds:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class ProxyMetrics:
@@ -152,7 +163,7 @@ class ProxyMetrics:
         if s is None:
             s = self._series[(route, version)] = Series(route, service or route, version)
         s.codes[code] = s.codes.get(code, 0) + 1
-        i = _bisect_left(_FINE, seconds)
+        i = bucket_index(seconds)
         s.counts[i] += 1
         s.touched.add(i)  # for the next worker report: ~15 ns here, no scan of ~380 there
         s.sum += seconds

@@ -87,3 +87,35 @@ def test_request_ids_span_batches_and_a_forked_child_makes_its_own() -> None:
     child_ids = [child[i : i + 32] for i in range(0, len(child), 32)]
     assert len(child_ids) == 10
     assert not set(child_ids) & set(parent)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1 \r\n\r\n",
+        b"GET /\tx HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\n\r\n",
+        b"POST /x HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1",
+    ],
+)
+def test_the_fast_path_answers_as_the_general_rule(data: bytes) -> None:
+    """The one-regex path for the common line must never accept what the general rule
+    refuses, nor read another version (the general rule, spelled out here)."""
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n", start)
+    if end > 0 and data.count(b" ", start, end) != 2:
+        with pytest.raises(Reject):
+            check_request_line(data)
+        return
+    want = UNKNOWN_VERSION
+    if end > 0 and data[end - 9 : end] == b" HTTP/1.1":
+        want = HTTP11
+    elif end > 0 and data[end - 9 : end] == b" HTTP/1.0":
+        want = HTTP10
+    assert check_request_line(data) == want

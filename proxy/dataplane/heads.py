@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 NONE: Final[frozenset[bytes]] = frozenset()
 # (id(route headers), id(destination headers)) -> (those two values, merged policy)
 _POLICIES: Final[dict[tuple[int, int], tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]]] = {}
+_KEEP_ALIVE: Final = frozenset({b"keep-alive"})
 _NOMINATED: Final[dict[tuple[bytes, ...], frozenset[bytes]]] = {}
 # (id(route headers), id(destination headers), host, failover) -> (those, merged policy)
 _FORWARD: Final[dict[tuple, tuple[HeaderPolicy, HeaderPolicy | None, hdr.Policy]]] = {}
@@ -104,6 +105,8 @@ def answer_head(
 
 def nominated(connection: list[bytes]) -> frozenset[bytes]:
     """`hdr.nominated`, cached: upstreams send the same `Connection: keep-alive` every time."""
+    if len(connection) == 1 and connection[0] == b"keep-alive":
+        return _KEEP_ALIVE  # the usual answer, without building the cache key
     key = tuple(connection)
     hit = _NOMINATED.get(key)
     if hit is None:

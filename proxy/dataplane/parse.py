@@ -82,10 +82,11 @@ class RequestHeadParser:
         self.fields += 1
         if self.fields > MAX_HEADERS or size > MAX_FIELD or self.hsize > MAX_HEADERS_TOTAL:
             raise Reject("headers_too_large")
-        lname = name.lower()
+        lname = hdr.lower_name(name)
         if UNDERSCORE in lname:  # an int: `b"_" in` would raise and catch a TypeError first
             return
-        value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
+        if value and (value[-1] == 32 or value[-1] == 9):  # SP or HTAB: rare, so tested first
+            value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
         if lname in SPECIAL:
             self._special(lname, value)
         self.headers.append((lname, name, value))

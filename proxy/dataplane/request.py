@@ -39,9 +39,10 @@ def new_request_id() -> bytes:
 
 
 class _RequestIds:
-    """uuid4 ids made 256 at a time: random bytes (`random.randbytes`, no urandom syscall)
-    with the version and variant bits set, hexlified in one call; each id is then one slice.
-    Per request that is a fifth of making and formatting a 128-bit int."""
+    """uuid4 ids made 256 at a time: random bits (`random.getrandbits`, no urandom syscall)
+    with every id's version and variant bits set by one mask over the whole batch, hexlified
+    in one call; each id is then one slice. Per request that is a small fraction of making
+    and formatting a 128-bit int."""
 
     def __init__(self) -> None:
         self.hex = b""
@@ -61,16 +62,17 @@ class _RequestIds:
         return self.hex[at : at + 32]
 
     def _refill(self) -> None:
-        raw = bytearray(_randbytes(16 * _ID_BATCH))
-        for i in range(0, len(raw), 16):
-            raw[i + 6] = raw[i + 6] & 0x0F | 0x40  # version 4
-            raw[i + 8] = raw[i + 8] & 0x3F | 0x80  # variant RFC 4122
-        self.hex = _hexlify(raw)
+        bits = _getrandbits(128 * _ID_BATCH) & _BATCH_MASK | _BATCH_BITS
+        self.hex = _hexlify(bits.to_bytes(16 * _ID_BATCH, "big"))
 
 
 _ID_BATCH: Final = 256
+_UUID4_MASK: Final = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)  # version, variant
+_UUID4_BITS: Final = 0x4000 << 64 | 0x8000 << 48  # version 4, variant RFC 4122
+_BATCH_MASK: Final = sum(_UUID4_MASK << (128 * i) for i in range(_ID_BATCH))
+_BATCH_BITS: Final = sum(_UUID4_BITS << (128 * i) for i in range(_ID_BATCH))
 # Final: statics in the compiled build (an imported name is a dict lookup per call)
-_randbytes: Final = random.randbytes
+_getrandbits: Final = random.getrandbits
 _hexlify: Final = binascii.hexlify
 _IDS: Final = _RequestIds()
 os.register_at_fork(after_in_child=_IDS.reset)
@@ -120,6 +122,8 @@ def check_request_line(data: bytes) -> int:
     llhttp will read it, `HTTP10` or `HTTP11`, or `UNKNOWN_VERSION` (then the parser is
     asked: its `get_http_version` formats a str per call).
     """
+    if _PLAIN_11(data) is not None:  # the common line, in one C call: the checks below hold
+        return HTTP11
     start = 0
     if data and data[0] == 13:  # CR: empty lines before a request are allowed (RFC 9112 §2.2)
         while data.startswith(b"\r\n", start):
@@ -135,6 +139,9 @@ def check_request_line(data: bytes) -> int:
     return HTTP10 if version == b" HTTP/1.0" else UNKNOWN_VERSION
 
 
+# method SP target SP HTTP/1.1 CRLF with no other SP, CR or LF: exactly what the general
+# path below accepts as HTTP11 (its bytes.find and bytes.count parse their arguments per call)
+_PLAIN_11: Final = re.compile(rb"[^ \r\n]+ [^ \r\n]+ HTTP/1\.1\r\n").match
 UNKNOWN_VERSION: Final = -1
 HTTP11: Final = 0
 HTTP10: Final = 1

@@ -15,6 +15,8 @@ from typing import Final, Protocol
 
 import httptools
 
+from proxy.headers import lower_name
+
 MAX_RESPONSE_HEADERS: Final = 100
 BODY_IDLE_TIMEOUT: Final = 60.0
 
@@ -252,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._te = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        lname = lower_name(name)
         if lname == b"content-length":
             self._cl += 1
             if self._cl > 1 or self._te:

@@ -59,7 +59,8 @@ class CompiledRoute:
     index_keys: tuple[tuple[str, str], ...] | None
     # Decisions are immutable and drawn from a small set per route: built once, then shared
     # (a frozen dataclass costs ~0.4 us to construct).
-    decisions: dict[tuple[str | None, str | None, Mirrors, str], Decision]
+    # Keyed by (subset, cookie, mirror, reason), and a plain weighted pick by its subset alone.
+    decisions: dict[tuple[str | None, str | None, Mirrors, str] | str, Decision]
     hosts: tuple[str, ...] = ()
     listeners: tuple[str, ...] = ()
     redirect: Redirect | None = None  # set: the route answers with a redirect
@@ -77,6 +78,14 @@ class CompiledRoute:
         d = self.decisions.get(key)
         if d is None:
             d = self.decisions[key] = Decision(self, subset, cookie, mirror, reason)
+        return d
+
+    def weighted_decision(self, subset: str) -> Decision:
+        """`decision(subset, None, None, WEIGHTS)`, memoized under the subset name: a plain
+        weighted pick builds no 4-tuple key per request."""
+        d = self.decisions.get(subset)
+        if d is None:
+            d = self.decisions[subset] = Decision(self, subset, None, None, WEIGHTS)
         return d
 
     def __repr__(self) -> str:
@@ -150,5 +159,7 @@ def choose(cr: CompiledRoute, req: Request, rnd: float) -> Decision:
         if pinned in cr.live:
             return cr.decision(pinned, None, _mirror(cr, pinned, rnd), STICKY)
     subset, reason = _split(cr, req, rnd)
+    if reason == WEIGHTS and subset is not None and not cr.set_cookies and not cr.mirrors:
+        return cr.weighted_decision(subset)  # the common case: no cookie, no mirror to roll
     cookie = cr.set_cookies.get(subset) if subset is not None and subset != pinned else None
     return cr.decision(subset, cookie, _mirror(cr, subset, rnd), reason)
