@@ -289,13 +289,36 @@ def cpu_bound(d: Path) -> dict[str, Any]:
         return {"skipped": "needs nginx and wrk"}
     up_proc, up = proxies.start_upstreams(d)
     try:
-        ours = proxies.start_ours(d, up, scenarios.by_name(("small",))[0])
+        small = scenarios.by_name(("small",))[0]
+        ours = proxies.start_ours(d, up, small)
         try:
-            return _cpu_cases(d, ours, up)
+            out = _cpu_cases(d, ours, up)
         finally:
             procs.stop(ours.proc)
+        # the same saturation with the admin API in a supervisor process of its own
+        ours = proxies.start_ours(d, up, small, ("--workers", "1"))
+        try:
+            out.update(_workers_case(d, ours))
+        finally:
+            procs.stop(ours.proc)
+        return out
     finally:
         procs.stop(up_proc)
+
+
+def _workers_case(d: Path, ours: proxies.Running) -> dict[str, Any]:
+    """wrk at 512 connections against `serve --workers 1`: the admin API answers from the
+    supervisor while the one worker is saturated (both on CPU 0)."""
+    script = d / "done.lua"
+    url = f"http://127.0.0.1:{ours.port}/"
+    with Probes(ours.admin_port, ours.proc.pid, route="default") as probes:
+        wrk.run(url, 64, 2, script)  # warm-up
+        probes.phase = "wrk512w"
+        window = CpuWindow(ours.proc.pid)
+        r = wrk.run(url, 512, 8, script).to_dict()
+        r["cpu"] = window.result()
+        probes.phase = "end"
+    return {"wrk512w": r, "admin_w": probes.admin_summary("wrk512w")}
 
 
 def _cpu_cases(d: Path, ours: proxies.Running, up: tuple[int, int]) -> dict[str, Any]:

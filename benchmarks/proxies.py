@@ -90,20 +90,23 @@ def ours_env() -> dict[str, str]:
     return env
 
 
-def start_ours_config(d: Path, conf: Path, port: int, admin: int) -> Running:
-    """`python -m proxy serve -c conf` on CPU 0, waiting for both its ports."""
+def start_ours_config(
+    d: Path, conf: Path, port: int, admin: int, extra: tuple[str, ...] = ()
+) -> Running:
+    """`python -m proxy serve -c conf [extra]` on CPU 0, waiting for both its ports."""
     cmd = [sys.executable, "-m", "proxy", "serve", "-c", str(conf), "--state-dir", str(d / "state")]
+    cmd += extra
     proc = procs.start(cmd, PROXY_CPU, d / "ours.out", env=ours_env(), cwd=ours_src())
     procs.wait_port(port, proc, timeout=30)
     procs.wait_port(admin, proc, timeout=30)
     return Running(proc, port, admin)
 
 
-def start_ours(d: Path, up: tuple[int, int], s: Scenario) -> Running:
+def start_ours(d: Path, up: tuple[int, int], s: Scenario, extra: tuple[str, ...] = ()) -> Running:
     port, admin = procs.free_port(), procs.free_port()
     data = configs.ours_dict(port, admin, up, s, d / "ours-access.log", tls_dir=d)
     conf = configs.write_yaml(d / "ours.yaml", data)
-    return start_ours_config(d, conf, port, admin)
+    return start_ours_config(d, conf, port, admin, extra)
 
 
 def available() -> dict[str, tuple[Starter | None, str]]:
