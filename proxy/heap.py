@@ -32,6 +32,22 @@ def keep_config() -> None:
     gc.freeze()
 
 
+# The collector's generation-0 threshold for a serving process (CPython's default is 700).
+GC_THRESHOLD = 20_000
+
+
+def tune_gc(threshold0: int = GC_THRESHOLD) -> None:
+    """Collect cycles less often in a serving process. A proxied request allocates some
+    dozens of tracked objects (its exchange, header tuples and lists) and frees them by
+    reference counting; with the default threshold a collection ran every few requests, and
+    with hundreds of connections in flight their live state kept surviving into the older
+    generations, so full collections came often and walked every connection: at 512
+    connections the collector took ~4 % of the time per request. The data plane makes no
+    cycles per request, so a collection every few hundred requests loses nothing."""
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(threshold0, gen1, gen2)
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2

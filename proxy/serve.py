@@ -10,7 +10,7 @@ import time
 from argparse import Namespace
 
 from proxy.app import App
-from proxy.heap import tune_malloc
+from proxy.heap import tune_gc, tune_malloc
 from proxy.net import StartupError
 
 log = logging.getLogger("canaryproxy")
@@ -28,6 +28,7 @@ def run_serve(args: Namespace) -> int:
         print(f"--workers must be at least 1, not {workers}", file=sys.stderr)
         return 2
     tune_malloc()
+    tune_gc()
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -78,3 +78,16 @@ def test_tuned_heap_serves_read_sized_blocks_without_mmap() -> None:
     tuning the trim threshold alone pins glibc's mmap threshold at 128 KiB."""
     assert _returned_to_kernel("default", PROBE_MMAP) > 32  # the untuned start: mmapped
     assert _returned_to_kernel("tuned", PROBE_MMAP) == 0
+
+
+def test_tune_gc_raises_only_the_young_threshold() -> None:
+    import gc
+
+    from proxy.heap import GC_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)

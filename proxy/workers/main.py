@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config.pack import unpack_config
 from proxy.config.schema import Config
 from proxy.dataplane.upstream import Pools
-from proxy.heap import keep_config, settle_heap, tune_malloc
+from proxy.heap import keep_config, settle_heap, tune_gc, tune_malloc
 from proxy.metrics import ProxyMetrics
 from proxy.net import StartupError, bind
 from proxy.routing.table import BuildCache, RoutingTable, iter_build_table, retire
@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hangup of the group is the supervisor's
     tune_malloc()
+    tune_gc()
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
