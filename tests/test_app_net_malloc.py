@@ -7,11 +7,10 @@ import sys
 
 import pytest
 
-PROBE = """
+# What both probes share: mallinfo2() and malloc as ctypes reads them.
+PRELUDE = """
 import ctypes, sys
 from proxy.heap import tune_malloc
-if sys.argv[1] == "tuned":
-    assert tune_malloc()
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -21,33 +20,35 @@ libc.mallinfo2.restype = Info
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+# How much of 16 MiB freed at the top of the heap glibc gives back to the kernel.
+PROBE = (
+    PRELUDE
+    + """
+if sys.argv[1] == "tuned":
+    assert tune_malloc()
 blocks = [libc.malloc(64 << 10) for _ in range(256)]  # 16 MiB below the mmap threshold
 grown = libc.mallinfo2().arena
 for b in reversed(blocks):
     libc.free(b)
 print(grown - libc.mallinfo2().arena)
 """
+)
 
 # How many of 64 read-sized (256 KiB) blocks glibc serves by mmap, from glibc's starting
 # threshold (128 KiB; a process's earlier frees may have raised it, which made this bimodal).
-PROBE_MMAP = """
-import ctypes, sys
-from proxy.heap import tune_malloc
-libc = ctypes.CDLL(None)
+PROBE_MMAP = (
+    PRELUDE
+    + """
 libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD at its start value
 if sys.argv[1] == "tuned":
     assert tune_malloc()
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-                .split()]
-libc.mallinfo2.restype = Info
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
 before = libc.mallinfo2().hblks
 big = [libc.malloc(256 << 10) for _ in range(64)]
 print(libc.mallinfo2().hblks - before)
 """
+)
 
 
 def _glibc() -> bool:
