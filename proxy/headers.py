@@ -50,7 +50,7 @@ PROTECTED: Final = frozenset(
 # Replaced by the proxy on requests, so incoming copies are dropped.
 REPLACED_ON_REQUEST: Final = frozenset({b"x-forwarded-proto", b"x-request-id", b"content-length"})
 VIA: Final = b"1.1 canaryproxy"
-_VIA_LINE: Final = b"Via: 1.1 canaryproxy\r\n"
+_VIA_LINE: Final = b"Via: " + VIA + b"\r\n"
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 
@@ -164,7 +164,8 @@ def add_request_lines(
         parts.append(proto)
     parts.append(b"\r\nX-Request-Id: ")
     parts.append(request_id)
-    parts.append(b"\r\nVia: " + VIA + b"\r\n")
+    parts.append(b"\r\n")
+    parts.append(_VIA_LINE)
     parts.append(policy.req_lines)
 
 

@@ -42,7 +42,7 @@ def tune_gc(threshold0: int = GC_THRESHOLD) -> None:
     reference counting; with the default threshold a collection ran every few requests, and
     with hundreds of connections in flight their live state kept surviving into the older
     generations, so full collections came often and walked every connection: at 512
-    connections the collector took ~4 % of the time per request. The data plane makes no
+    connections the collector took ~3 % of the time per request. The data plane makes no
     cycles per request, so a collection every few hundred requests loses nothing."""
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(threshold0, gen1, gen2)
@@ -60,9 +60,10 @@ def tune_malloc(
     """Keep freed heap for reuse instead of returning it to the kernel after each large
     request body: with glibc's defaults an upload pays page faults again every MiB
     (300-950 us per MiB). Same as MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ /
-    MALLOC_MMAP_THRESHOLD_. Setting the first two also fixes glibc's mmap threshold at its
-    128 KiB start (it no longer adapts), and a read of up to 256 KiB (uvloop's buffer) would
-    then be mmapped and unmapped, page faults included, every time: a tunnel of 64 KiB
+    MALLOC_MMAP_THRESHOLD_. Setting the first two also stops glibc's mmap threshold from
+    adapting: it stays wherever start-up left it (128 KiB on some starts), and a read of up
+    to 256 KiB (uvloop's buffer) would then be mmapped and unmapped, page faults included,
+    every time: a tunnel of 64 KiB
     WebSocket messages paid 2.5x nginx's CPU for it. So reads stay below it. Only on glibc;
     False when not applied."""
     import ctypes

@@ -44,12 +44,14 @@ class _RequestIds:
     in one call; each id is then one slice. Per request that is a small fraction of making
     and formatting a 128-bit int."""
 
+    hex: bytes  # the batch's ids, 32 hex digits each
+    at: int  # where the next id starts
+
     def __init__(self) -> None:
-        self.hex = b""
-        self.at = 0
+        self.reset()
 
     def reset(self) -> None:
-        """A forked worker makes its own batch, never the rest of its parent's."""
+        """Start empty (a forked worker makes its own batch, never the rest of its parent's)."""
         self.hex = b""
         self.at = 0
 

@@ -81,17 +81,13 @@ class ResponseStream(Handler):
         hdr.add_response_lines(parts, headers, nominated, self.policy, self.set_cookie)
         if status in (204, 304) or status < 200:  # response_framing
             mode = NO_BODY
-        elif req.method == b"HEAD":
-            mode = NO_BODY
-            if length is not None:
-                parts.append(b"Content-Length: ")
-                parts.append(length)
-                parts.append(b"\r\n")
-        elif length is not None:
-            mode = LENGTH
+        elif length is not None:  # the length is sent for HEAD too, with no body after it
+            mode = NO_BODY if req.method == b"HEAD" else LENGTH
             parts.append(b"Content-Length: ")
             parts.append(length)
             parts.append(b"\r\n")
+        elif req.method == b"HEAD":
+            mode = NO_BODY
         elif req.http10:
             mode = UNTIL_CLOSE
         else:

@@ -23,9 +23,7 @@ from proxy.dataplane.heads import NONE, nominated
 from proxy.dataplane.request import Request
 
 NEVER_TUNNELLED = frozenset({b"h2c"})  # HTTP/2 cleartext upgrade: served as plain HTTP/1.1
-BLOCK_SWITCH: Final = (
-    8  # a client-read block bit (as types.BLOCK_*): waiting for the upgrade's answer
-)
+BLOCK_SWITCH: Final = 8  # a client-read block bit (as types.BLOCK_*): the upgrade's answer
 
 
 def upgrade_of(req: Request) -> bytes | None:

@@ -130,28 +130,31 @@ class UpstreamPool:
         ep = self._pick(exclude, now)
         if ep is None:
             return None
-        idle = ep.idle
-        while idle:
-            conn = idle.pop()
+        conn = self._idle(ep, now)
+        if conn is None:
+            self._rr = rr  # `acquire` picks this endpoint again
+            return None
+        self.in_flight += 1
+        return conn
+
+    def _idle(self, ep: Endpoint, now: float) -> UpstreamConnection | None:
+        """A usable idle connection of `ep`, made active; the stale ones met are closed."""
+        while ep.idle:
+            conn = ep.idle.pop()
             if conn.usable(now, self.upstream.idle_timeout):
                 ep.active += 1
-                self.in_flight += 1
                 return conn
             conn.close()
-        self._rr = rr  # `acquire` picks this endpoint again
         return None
 
     def _give(
         self, ep: Endpoint, cb: AcquireCallback, fresh: bool = False, now: float = 0.0
     ) -> None:
         now = now or self._loop.time()
-        while ep.idle and not fresh:
-            conn = ep.idle.pop()
-            if conn.usable(now, self.upstream.idle_timeout):
-                ep.active += 1
-                cb(conn, ep, "")
-                return
-            conn.close()
+        conn = None if fresh else self._idle(ep, now)
+        if conn is not None:
+            cb(conn, ep, "")
+            return
         if self.connections >= self.upstream.max_connections:
             self._queue(cb, ep)
             return
